@@ -1,0 +1,1 @@
+"""Pure tensor/array maths: alignment crops, cameras, lighting. No models, no I/O."""

@@ -1,0 +1,82 @@
+"""Similarity-aligned face crops from the detector's five points.
+
+Every network sees the face in one canonical frame, so the crop is defined once here and shared by
+inference and training. Coordinates: *input pixels* (the photo) and *crop pixels* (0..size).
+"""
+
+from __future__ import annotations
+
+import cv2
+import numpy as np
+
+# Five points (right eye, left eye as seen in the image: image-left first; nose tip; mouth corners)
+# in a unit square. The layout is the common 112-pixel recognition template, shrunk around the
+# centre so that the whole face (brows to chin, both jaw contours) fits with margin for pose.
+_TEMPLATE_112 = np.array(
+    [[38.2946, 51.6963], [73.5318, 51.5014], [56.0252, 71.7366], [41.5493, 92.3655], [70.7299, 92.2041]],
+    dtype=np.float64,
+)
+FACE_SCALE = 0.75
+CANONICAL_FIVE_POINTS = (_TEMPLATE_112 / 112.0 - 0.5) * FACE_SCALE + np.array([0.5, 0.42])
+
+# The eye band (x0, y0, x1, y1) of the unit crop: where eyeglasses can be, temples on the face
+# included. The deleter and the inpainter only ever look at this band.
+EYE_BAND = (0.08, 0.20, 0.92, 0.58)
+
+
+def estimate_similarity(src: np.ndarray, dst: np.ndarray) -> np.ndarray:
+    """Least-squares similarity (Umeyama) mapping src (N,2) onto dst (N,2); returns a 2x3 matrix."""
+    src = np.asarray(src, np.float64)
+    dst = np.asarray(dst, np.float64)
+    mu_s, mu_d = src.mean(0), dst.mean(0)
+    s, d = src - mu_s, dst - mu_d
+    cov = d.T @ s / len(src)
+    u, sig, vt = np.linalg.svd(cov)
+    sign = np.eye(2)
+    if np.linalg.det(u) * np.linalg.det(vt) < 0:
+        sign[1, 1] = -1
+    rot = u @ sign @ vt
+    scale = np.trace(np.diag(sig) @ sign) / s.var(0).sum()
+    matrix = np.zeros((2, 3))
+    matrix[:, :2] = scale * rot
+    matrix[:, 2] = mu_d - scale * rot @ mu_s
+    return matrix
+
+
+def crop_matrix(five_points_px: np.ndarray, size: int) -> np.ndarray:
+    """2x3 matrix taking input pixels to pixels of a `size`-square canonical crop."""
+    return estimate_similarity(five_points_px, CANONICAL_FIVE_POINTS * size)
+
+
+def invert_affine(matrix: np.ndarray) -> np.ndarray:
+    full = np.vstack([matrix, [0.0, 0.0, 1.0]])
+    return np.linalg.inv(full)[:2]
+
+
+def transform_points(matrix: np.ndarray, points: np.ndarray) -> np.ndarray:
+    points = np.asarray(points, np.float64)
+    return points @ matrix[:, :2].T + matrix[:, 2]
+
+
+def warp_crop(image: np.ndarray, matrix: np.ndarray, size: int, *, interpolation: int = cv2.INTER_LINEAR) -> np.ndarray:
+    """Cut the canonical crop; borders are replicated so that no black wedge reaches the networks."""
+    return cv2.warpAffine(
+        image, matrix.astype(np.float64), (size, size), flags=interpolation, borderMode=cv2.BORDER_REPLICATE
+    )
+
+
+def paste_back(
+    image: np.ndarray, crop: np.ndarray, matrix: np.ndarray, region: np.ndarray
+) -> np.ndarray:
+    """Write `crop` pixels into `image` where the crop-frame mask `region` (bool, crop size) is set.
+
+    Used to put the inpainted band back: only pixels inside `region` change, so the photo stays
+    bit-identical outside the glasses area.
+    """
+    height, width = image.shape[:2]
+    inverse = invert_affine(matrix)
+    back = cv2.warpAffine(crop, inverse, (width, height), flags=cv2.INTER_LINEAR, borderMode=cv2.BORDER_REPLICATE)
+    mask = cv2.warpAffine(region.astype(np.uint8), inverse, (width, height), flags=cv2.INTER_NEAREST) > 0
+    out = image.copy()
+    out[mask] = back[mask]
+    return out
