@@ -1,29 +1,30 @@
 """eyeglass3d: single-photo 3D face reconstruction that removes eyeglasses first.
 
-Component classes are exported here because diffusers' loader resolves `model_index.json` entries
-as ``["eyeglass3d", "<ClassName>"]`` by importing this package.
+Names are imported lazily (PEP 562): `import eyeglass3d` stays cheap for the CLI, and diffusers'
+loader still finds component classes here when it resolves `["eyeglass3d", "<ClassName>"]` entries
+of `model_index.json`.
 """
 
-from .errors import FaceNotFoundError, ImageInputError
-from .models.detector import MTCNNDetector
-from .models.face_model import FaceModel
-from .models.inpainter import InpaintGenerator
-from .models.landmarker import LandmarkRegressor
-from .models.parser import FaceParser
-from .models.regressor import CoefficientRegressor
-from .outputs import ReconstructionOutput
-from .pipeline import Eyeglass3DPipeline
+from importlib import import_module
 
-__all__ = [
-    "CoefficientRegressor",
-    "Eyeglass3DPipeline",
-    "FaceModel",
-    "FaceNotFoundError",
-    "FaceParser",
-    "ImageInputError",
-    "InpaintGenerator",
-    "LandmarkRegressor",
-    "MTCNNDetector",
-    "ReconstructionOutput",
-]
+from .errors import FaceNotFoundError, ImageInputError
+
+_LAZY = {
+    "Eyeglass3DPipeline": ".pipeline",
+    "ReconstructionOutput": ".outputs",
+    "MTCNNDetector": ".models.detector",
+    "LandmarkRegressor": ".models.landmarker",
+    "FaceParser": ".models.parser",
+    "InpaintGenerator": ".models.inpainter",
+    "CoefficientRegressor": ".models.regressor",
+    "FaceModel": ".models.face_model",
+}
+
+__all__ = ["FaceNotFoundError", "ImageInputError", *_LAZY]
 __version__ = "0.1.0"
+
+
+def __getattr__(name):
+    if name in _LAZY:
+        return getattr(import_module(_LAZY[name], __name__), name)
+    raise AttributeError(f"module 'eyeglass3d' has no attribute {name!r}")
