@@ -58,10 +58,15 @@ def transform_points(matrix: np.ndarray, points: np.ndarray) -> np.ndarray:
     return points @ matrix[:, :2].T + matrix[:, 2]
 
 
-def warp_crop(image: np.ndarray, matrix: np.ndarray, size: int, *, interpolation: int = cv2.INTER_LINEAR) -> np.ndarray:
-    """Cut the canonical crop; borders are replicated so that no black wedge reaches the networks."""
+def warp_crop(
+    image: np.ndarray, matrix: np.ndarray, size: int | tuple[int, int], *, interpolation: int = cv2.INTER_LINEAR
+) -> np.ndarray:
+    """Cut a crop of `size` (square side, or (height, width)); borders are replicated so that no black
+    wedge reaches the networks."""
+    height, width = (size, size) if isinstance(size, (int, np.integer)) else size
     return cv2.warpAffine(
-        image, matrix.astype(np.float64), (size, size), flags=interpolation, borderMode=cv2.BORDER_REPLICATE
+        image, matrix.astype(np.float64), (int(width), int(height)), flags=interpolation,
+        borderMode=cv2.BORDER_REPLICATE,
     )
 
 
@@ -80,3 +85,17 @@ def paste_back(
     out = image.copy()
     out[mask] = back[mask]
     return out
+
+
+def region_matrix(
+    five_points_px: np.ndarray, crop_box: tuple[float, float, float, float], size_hw: tuple[int, int]
+) -> np.ndarray:
+    """2x3 matrix taking input pixels to a (height, width) image of `crop_box`, a region of the unit crop.
+
+    Networks that only need part of the face (the eye band) get their own resolution over that part.
+    """
+    x0, y0, x1, y1 = crop_box
+    height, width = size_hw
+    unit = crop_matrix(five_points_px, 1)
+    scale = np.diag([width / (x1 - x0), height / (y1 - y0)])
+    return np.hstack([scale @ unit[:, :2], (scale @ (unit[:, 2] - np.array([x0, y0])))[:, None]])

@@ -1,0 +1,32 @@
+import numpy as np
+
+from eyeglass3d.geometry.alignment import (
+    CANONICAL_FIVE_POINTS,
+    crop_matrix,
+    estimate_similarity,
+    invert_affine,
+    region_matrix,
+    transform_points,
+)
+
+
+def test_similarity_recovers_a_known_transform():
+    rng = np.random.default_rng(0)
+    src = rng.uniform(0, 100, (5, 2))
+    angle, scale, shift = 0.3, 1.7, np.array([12.0, -4.0])
+    rot = np.array([[np.cos(angle), -np.sin(angle)], [np.sin(angle), np.cos(angle)]])
+    dst = scale * src @ rot.T + shift
+    matrix = estimate_similarity(src, dst)
+    np.testing.assert_allclose(matrix[:, :2], scale * rot, atol=1e-9)
+    np.testing.assert_allclose(matrix[:, 2], shift, atol=1e-9)
+
+
+def test_crop_and_region_frames_agree():
+    points = CANONICAL_FIVE_POINTS * 300 + np.array([40.0, 25.0])
+    crop = crop_matrix(points, 256)
+    np.testing.assert_allclose(transform_points(crop, points), CANONICAL_FIVE_POINTS * 256, atol=1e-6)
+    box = (0.25, 0.2, 0.75, 0.6)
+    region = region_matrix(points, box, (40, 100))
+    corner_unit = np.array([[0.25, 0.2], [0.75, 0.6]])
+    corner_px = transform_points(invert_affine(crop_matrix(points, 1)), corner_unit)
+    np.testing.assert_allclose(transform_points(region, corner_px), [[0, 0], [100, 40]], atol=1e-6)
