@@ -1,0 +1,154 @@
+"""The data engine: fixed split, teacher-label cache, shared face loader, dlib teacher."""
+
+from __future__ import annotations
+
+import importlib.util
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from eyeglass3d.paths import data_root
+from eyeglass3d.training import label_faces
+from eyeglass3d.training.datasets import FaceRecords, canonical_crop, five_points_from_landmarks68
+from eyeglass3d.training.splits import (
+    SPLIT_NAMES, UTKFACE_SPLIT_CSV, assign_split, load_split, read_split_csv, write_split_csv,
+)
+
+UTKFACE_IMAGES = data_root() / "faces" / "utkface" / "images"
+
+
+def test_split_is_stable_disjoint_and_80_10_10():
+    recorded = read_split_csv()
+    assert len(recorded) == 9780
+    # The CSV is exactly what the hash rule gives, so it can always be regenerated.
+    assert all(assign_split(file) == split for file, split in recorded.items())
+    assert assign_split("100_1_0_20170110183726390.jpg.chip.jpg") == "test"
+    assert assign_split("100_1_2_20170105174847679.jpg.chip.jpg") == "train"
+    splits = {name: set(load_split(name)) for name in SPLIT_NAMES}
+    assert not splits["train"] & splits["val"] and not splits["train"] & splits["test"]
+    assert not splits["val"] & splits["test"]
+    assert set().union(*splits.values()) == set(recorded)
+    fractions = {name: len(files) / len(recorded) for name, files in splits.items()}
+    assert fractions["train"] == pytest.approx(0.8, abs=0.015)
+    assert fractions["val"] == pytest.approx(0.1, abs=0.01)
+    assert fractions["test"] == pytest.approx(0.1, abs=0.01)
+
+
+def test_split_csv_round_trip_ignores_listing_order(tmp_path):
+    names = [f"{i}_0_0_2017.jpg.chip.jpg" for i in range(50)]
+    write_split_csv(names, tmp_path / "a.csv")
+    write_split_csv(reversed(names), tmp_path / "b.csv")
+    assert (tmp_path / "a.csv").read_text() == (tmp_path / "b.csv").read_text()
+    assert read_split_csv(tmp_path / "a.csv") == {n: assign_split(n) for n in names}
+    with pytest.raises(ValueError):
+        load_split("training", tmp_path / "a.csv")
+
+
+def _fake_record(file: str, rng: np.random.Generator, *, mtcnn: bool = True, shift: float = 0.0) -> dict:
+    landmarks = (rng.uniform(40, 160, size=(68, 2))).astype(np.float32)
+    record = {"file": file, "dlib_detected": True, "dlib_box": np.array([15, 15, 194, 194], np.float32),
+              "landmarks68": landmarks, "descriptor": rng.normal(size=128).astype(np.float32)}
+    if mtcnn:
+        points5 = five_points_from_landmarks68(landmarks) + shift
+        record.update(mtcnn_ran=True, mtcnn_faces=1, mtcnn_box=np.array([20, 20, 180, 190], np.float32),
+                      mtcnn_score=np.float32(0.99), points5=points5)
+    return record
+
+
+def test_quality_flags_follow_teacher_agreement():
+    rng = np.random.default_rng(0)
+    records = [
+        _fake_record("agree.jpg", rng),
+        dict(_fake_record("fallback.jpg", rng), dlib_detected=False),
+        _fake_record("disagree.jpg", rng, shift=200.0),
+        {**_fake_record("no_face.jpg", rng, mtcnn=False), "mtcnn_ran": True, "mtcnn_faces": 0},
+        _fake_record("dlib_only.jpg", rng, mtcnn=False),
+    ]
+    quality, error = label_faces.quality_flags(label_faces.stack_records(records))
+    assert quality.tolist() == [2, 1, 0, 0, 2]
+    assert error[0] == pytest.approx(0.0, abs=1e-5) and error[2] > 1.0 and np.isnan(error[3])
+
+
+def test_chunks_resume_and_later_passes_win(tmp_path):
+    rng = np.random.default_rng(1)
+    chunks = tmp_path / "labels.chunks"
+    chunks.mkdir()
+    first = [_fake_record(f"{i}.jpg", rng, mtcnn=False) for i in range(3)]
+    label_faces.write_npz(chunks / "chunk_00000.npz", label_faces.stack_records(first))
+    later = _fake_record("1.jpg", rng)
+    label_faces.write_npz(chunks / "chunk_00001.npz", label_faces.stack_records([later]))
+    done = label_faces.load_chunks(chunks)
+    assert sorted(done) == ["0.jpg", "1.jpg", "2.jpg"]
+    assert done["1.jpg"]["mtcnn_ran"] and "mtcnn_ran" not in done["0.jpg"]  # 0.jpg still needs its MTCNN pass
+    merged = label_faces.merge(chunks, tmp_path / "labels.npz")
+    assert merged["files"].tolist() == ["0.jpg", "1.jpg", "2.jpg"]
+    np.testing.assert_array_equal(merged["points5"][1], later["points5"])
+
+
+@pytest.fixture
+def fake_cache(tmp_path):
+    """Three 200x200 faces, their label cache, split and glasses CSVs, all under tmp_path."""
+    rng = np.random.default_rng(2)
+    images = tmp_path / "images"
+    images.mkdir()
+    files = ["a.jpg", "b.jpg", "c.jpg"]
+    for file in files:
+        Image.fromarray(rng.integers(0, 255, (200, 200, 3), dtype=np.uint8)).save(images / file)
+    records = [_fake_record("a.jpg", rng), _fake_record("b.jpg", rng, mtcnn=False), _fake_record("c.jpg", rng)]
+    arrays = label_faces.stack_records(records)
+    arrays["quality"], arrays["disagreement"] = label_faces.quality_flags(arrays)
+    label_faces.write_npz(tmp_path / "labels.npz", arrays)
+    (tmp_path / "split.csv").write_text("# test\nfile,split\na.jpg,train\nb.jpg,train\nc.jpg,val\n")
+    (tmp_path / "glasses.csv").write_text(
+        "# test\nfile,glasses_prob,wears_glasses\na.jpg,0.9,1\nb.jpg,0.1,0\nc.jpg,0.2,0\n"
+    )
+    return {"labels_path": tmp_path / "labels.npz", "images_dir": images, "split_csv": tmp_path / "split.csv",
+            "glasses_csv": tmp_path / "glasses.csv"}, records
+
+
+def test_face_records_shapes_and_filters(fake_cache):
+    paths, records = fake_cache
+    train = FaceRecords("train", **paths)
+    assert train.files == ["a.jpg", "b.jpg"] and len(train) == 2
+    image, landmarks68_px, points5_px, descriptor, wears_glasses = train[0]
+    assert image.shape == (200, 200, 3) and image.dtype == np.uint8
+    assert landmarks68_px.shape == (68, 2) and points5_px.shape == (5, 2) and descriptor.shape == (128,)
+    assert landmarks68_px.dtype == points5_px.dtype == descriptor.dtype == np.float32
+    assert wears_glasses is True and train[1].wears_glasses is False
+    np.testing.assert_array_equal(image, np.asarray(Image.open(paths["images_dir"] / "a.jpg")))
+    # b.jpg has no MTCNN pass: its five points come from its 68 landmarks.
+    np.testing.assert_allclose(train[1].points5_px, five_points_from_landmarks68(records[1]["landmarks68"]))
+    assert FaceRecords("train", glasses="without", **paths).files == ["b.jpg"]
+    assert FaceRecords("val", glasses="with", **paths).files == []
+    assert FaceRecords(None, **paths).files == ["a.jpg", "b.jpg", "c.jpg"]
+    with pytest.raises(IndexError):
+        train[2]
+
+
+def test_canonical_crop_maps_landmarks_with_the_image(fake_cache):
+    paths, _ = fake_cache
+    image, landmarks68_px, points5_px, _, _ = FaceRecords("train", **paths)[0]
+    crop, landmarks_crop_px, matrix = canonical_crop(image, points5_px, landmarks68_px, 128)
+    assert crop.shape == (128, 128, 3) and landmarks_crop_px.shape == (68, 2)
+    np.testing.assert_allclose(landmarks_crop_px, landmarks68_px @ matrix[:, :2].T + matrix[:, 2], rtol=1e-5)
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(importlib.util.find_spec("dlib") is None, reason="dlib teacher not installed")
+@pytest.mark.skipif(not UTKFACE_IMAGES.is_dir(), reason="shared UTKFace data not available")
+def test_dlib_teacher_puts_68_points_inside_the_face_box():
+    from eyeglass3d.training.teacher import DlibTeacher
+
+    image = np.asarray(Image.open(UTKFACE_IMAGES / "100_1_0_20170110183726390.jpg.chip.jpg").convert("RGB"))
+    label = DlibTeacher(with_descriptor=False)(image)
+    assert label.detected
+    x0, y0, x1, y1 = label.box_px
+    assert label.landmarks68_px.shape == (68, 2)
+    margin = 0.05 * (x1 - x0)  # the chin may touch the bottom edge of dlib's box
+    assert (label.landmarks68_px[:, 0] >= x0 - margin).all() and (label.landmarks68_px[:, 0] <= x1 + margin).all()
+    assert (label.landmarks68_px[:, 1] >= y0 - margin).all() and (label.landmarks68_px[:, 1] <= y1 + margin).all()
+    # Anatomy, not just bounds: eyes above the nose tip above the mouth, left eye left of right eye.
+    eyes_y = label.landmarks68_px[36:48, 1].mean()
+    assert eyes_y < label.landmarks68_px[30, 1] < label.landmarks68_px[48:68, 1].mean()
+    assert label.landmarks68_px[36:42, 0].mean() < label.landmarks68_px[42:48, 0].mean()
