@@ -62,6 +62,8 @@ def load_image(
             raise ImageInputError(f"{os.fsdecode(path)} is a folder, not an image file")
         if not os.path.exists(path):
             raise ImageInputError(f"no such file: {os.fsdecode(path)}")
+        if os.path.getsize(path) == 0:
+            raise ImageInputError(f"{os.fsdecode(path)} is empty (0 bytes)")
         try:
             stream = open(path, "rb")
         except OSError as exc:

@@ -273,6 +273,9 @@ def test_text_file_and_empty_input(tmp_path):
         load_image(b"")
     with pytest.raises(ImageInputError, match="empty"):
         load_image(io.BytesIO(b""))
+    (tmp_path / "empty.jpg").write_bytes(b"")
+    with pytest.raises(ImageInputError, match=r"empty\.jpg is empty \(0 bytes\)"):
+        load_image(tmp_path / "empty.jpg")
 
 
 def test_missing_path_directory_and_wrong_types(tmp_path):
