@@ -1,0 +1,89 @@
+"""Face parsing U-Net over the eye band: the paper's "deleter", which finds the eyeglasses.
+
+It only ever sees `crop_box`, the part of the unit canonical crop where glasses can be
+(`alignment.EYE_BAND` by default), resampled to `input_size`; so a small U-Net is enough, and it
+stays cheap on CPU.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from diffusers import ConfigMixin, ModelMixin
+from diffusers.configuration_utils import register_to_config
+from torch import nn
+
+from ..geometry.alignment import EYE_BAND
+from .backbones import ImageNetNormalize
+
+DEFAULT_LABELS = ("background", "skin", "brows", "eyes", "nose", "lips", "mouth", "hair", "eyeglasses")
+
+
+class DoubleConv(nn.Sequential):
+    """Two 3x3 conv -> BatchNorm -> ReLU, the U-Net unit (BatchNorm folds away at inference)."""
+
+    def __init__(self, in_channels: int, out_channels: int):
+        super().__init__(
+            nn.Conv2d(in_channels, out_channels, 3, padding=1, bias=False),
+            nn.BatchNorm2d(out_channels),
+            nn.ReLU(inplace=True),
+            nn.Conv2d(out_channels, out_channels, 3, padding=1, bias=False),
+            nn.BatchNorm2d(out_channels),
+            nn.ReLU(inplace=True),
+        )
+
+
+class UpBlock(nn.Module):
+    """Bilinear x2 (no checkerboard), 1x1 to the skip's width, concatenate the skip, DoubleConv."""
+
+    def __init__(self, in_channels: int, skip_channels: int):
+        super().__init__()
+        self.reduce = nn.Conv2d(in_channels, skip_channels, 1, bias=False)
+        self.conv = DoubleConv(2 * skip_channels, skip_channels)
+
+    def forward(self, x: torch.Tensor, skip: torch.Tensor) -> torch.Tensor:
+        x = F.interpolate(self.reduce(x), size=skip.shape[-2:], mode="bilinear", align_corners=False)
+        return self.conv(torch.cat([x, skip], dim=1))
+
+
+class FaceParser(ModelMixin, ConfigMixin):
+    """U-Net: `depth` max-pool levels of width base_channels * 2**level; per-pixel logits over `labels`."""
+
+    @register_to_config
+    def __init__(
+        self,
+        labels: tuple[str, ...] = DEFAULT_LABELS,
+        base_channels: int = 16,
+        depth: int = 4,
+        input_size: tuple[int, int] = (96, 224),
+        crop_box: tuple[float, float, float, float] = EYE_BAND,
+    ):
+        super().__init__()
+        if "eyeglasses" not in labels:
+            raise ValueError("labels must contain 'eyeglasses': it is the class the deleter exists for")
+        widths = [base_channels * 2**level for level in range(depth + 1)]
+        self.normalize = ImageNetNormalize()
+        self.stem = DoubleConv(3, widths[0])
+        self.down = nn.ModuleList(DoubleConv(widths[level], widths[level + 1]) for level in range(depth))
+        self.up = nn.ModuleList(UpBlock(widths[level + 1], widths[level]) for level in reversed(range(depth)))
+        self.classifier = nn.Conv2d(widths[0], len(labels), 1)
+
+    @property
+    def labels(self) -> tuple[str, ...]:
+        return tuple(self.config.labels)
+
+    @property
+    def eyeglasses_index(self) -> int:
+        return self.labels.index("eyeglasses")
+
+    def forward(self, images: torch.Tensor) -> torch.Tensor:
+        """images (B, 3, h, w) RGB in [0, 1] (the crop_box band at input_size) -> logits (B, len(labels), h, w)."""
+        x = self.stem(self.normalize(images))
+        skips = [x]
+        for block in self.down:
+            x = block(F.max_pool2d(x, 2))
+            skips.append(x)
+        skips.pop()
+        for block in self.up:
+            x = block(x, skips.pop())
+        return self.classifier(x)

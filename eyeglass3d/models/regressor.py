@@ -1,0 +1,61 @@
+"""3DMM coefficient regressor: a ResNet-50 (or a lighter backbone) on the de-glassed aligned crop.
+
+The output is one flat vector, cut into named groups by `split` in `coefficient_sizes` order
+(identity, expression, texture, lighting, pose by default). The last layer starts at zero so an
+untrained regressor predicts all-zero coefficients: the mean face, neutral, frontal, ambient light.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from types import MappingProxyType
+
+import torch
+from diffusers import ConfigMixin, ModelMixin
+from diffusers.configuration_utils import register_to_config
+from torch import nn
+
+from .backbones import ImageNetNormalize, mobilenet_v3_large, resnet18, resnet50
+
+DEFAULT_COEFFICIENT_SIZES = MappingProxyType(
+    {"identity": 80, "expression": 53, "texture": 80, "lighting": 27, "pose": 6}
+)
+_BACKBONES = {"resnet50": resnet50, "resnet18": resnet18, "mobilenet_v3_large": mobilenet_v3_large}
+
+
+class CoefficientRegressor(ModelMixin, ConfigMixin):
+    @register_to_config
+    def __init__(
+        self,
+        backbone: str = "resnet50",
+        input_size: int = 224,
+        coefficient_sizes: Mapping[str, int] | Sequence[tuple[str, int]] = DEFAULT_COEFFICIENT_SIZES,
+    ):
+        super().__init__()
+        if backbone not in _BACKBONES:
+            raise ValueError(f"backbone must be one of {sorted(_BACKBONES)}, got {backbone!r}")
+        # config.json is written with sorted keys, which would reorder a dict: keep ordered pairs instead.
+        self.register_to_config(coefficient_sizes=[[name, int(size)] for name, size in dict(coefficient_sizes).items()])
+        self.normalize = ImageNetNormalize()
+        self.encoder = _BACKBONES[backbone](num_classes=0)
+        self.head = nn.Linear(self.encoder.out_channels, self.num_coefficients)
+        nn.init.zeros_(self.head.weight)
+        nn.init.zeros_(self.head.bias)
+
+    @property
+    def coefficient_sizes(self) -> dict[str, int]:
+        """{name: size} in output order."""
+        return {name: size for name, size in self.config.coefficient_sizes}
+
+    @property
+    def num_coefficients(self) -> int:
+        return sum(self.coefficient_sizes.values())
+
+    def forward(self, images: torch.Tensor) -> torch.Tensor:
+        """images (B, 3, S, S) RGB in [0, 1], the aligned crop at input_size -> coefficients (B, num_coefficients)."""
+        return self.head(self.encoder(self.normalize(images)))
+
+    def split(self, coefficients: torch.Tensor) -> dict[str, torch.Tensor]:
+        """(B, num_coefficients) -> {name: (B, size)} in `coefficient_sizes` order."""
+        sizes = self.coefficient_sizes
+        return dict(zip(sizes, torch.split(coefficients, list(sizes.values()), dim=-1)))
