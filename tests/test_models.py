@@ -121,6 +121,17 @@ def test_landmarker_shape_and_mean_shape_at_init():
     assert torch.equal(landmarks, model.mean_landmarks.expand(2, 68, 2))
 
 
+def test_landmarker_returns_float32_under_bf16_autocast():
+    model = LandmarkRegressor(input_size=64, variant="small", width_mult=0.5).eval()
+    _randomise(model)
+    images = torch.rand(1, 3, 64, 64)
+    with torch.inference_mode(), torch.autocast("cpu", dtype=torch.bfloat16):
+        landmarks = model(images)
+    assert landmarks.dtype == torch.float32
+    with torch.inference_mode():
+        torch.testing.assert_close(landmarks, model(images), atol=2e-3, rtol=0)
+
+
 def test_landmarker_mean_shape_sits_on_the_canonical_five_points():
     mean = LandmarkRegressor(variant="small", width_mult=0.5).mean_landmarks.numpy()
     five = [mean[36:42].mean(0), mean[42:48].mean(0), mean[30], mean[48], mean[54]]
@@ -206,6 +217,16 @@ def test_inpainter_keeps_pixels_outside_the_mask_exactly():
     outside = mask.expand_as(image) == 0
     assert torch.equal(result[outside], image[outside])
     assert torch.equal(result[~outside], raw[~outside])
+
+
+def test_inpainter_keeps_outside_pixels_under_bf16_autocast():
+    model = _tiny_inpainter().to(memory_format=torch.channels_last)
+    image, mask, guidance = _inpaint_inputs()
+    with torch.inference_mode(), torch.autocast("cpu", dtype=torch.bfloat16):
+        result = model.inpaint(image, mask, guidance)
+    outside = mask.expand_as(image) == 0
+    assert result.dtype == torch.float32
+    assert torch.equal(result[outside], image[outside])
 
 
 def test_inpainter_ignores_what_is_under_the_mask():

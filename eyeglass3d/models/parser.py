@@ -20,7 +20,7 @@ DEFAULT_LABELS = ("background", "skin", "brows", "eyes", "nose", "lips", "mouth"
 
 
 class DoubleConv(nn.Sequential):
-    """Two 3x3 conv -> BatchNorm -> ReLU, the U-Net unit (BatchNorm folds away at inference)."""
+    """Two 3x3 conv -> BatchNorm -> ReLU: the U-Net unit."""
 
     def __init__(self, in_channels: int, out_channels: int):
         super().__init__(
