@@ -51,14 +51,16 @@ def colorize_parsing(parsing: np.ndarray, labels: list[str]) -> np.ndarray:
 def draw_landmarks(
     image: np.ndarray, landmarks_px: np.ndarray, color: tuple[int, int, int] = (0, 255, 0)
 ) -> np.ndarray:
-    """Copy of `image` with one dot per landmark (N,2), sized to the image so it reads at any resolution."""
+    """Copy of `image` with one dot per landmark (N,2), sized to the face so the dots stay apart at any scale."""
     canvas = np.ascontiguousarray(image[..., :3], dtype=np.uint8).copy()
-    radius = max(1, round(max(canvas.shape[:2]) / 200))
+    points = np.asarray(landmarks_px, np.float64)[:, :2]
+    finite = points[np.isfinite(points).all(1)]
+    face_size = np.linalg.norm(np.ptp(finite, axis=0)) if len(finite) > 1 else max(canvas.shape[:2])
+    radius = max(1, round(min(0.01 * face_size, max(canvas.shape[:2]) / 200)))
     shift = 4  # sub-pixel positions
-    for x, y in np.asarray(landmarks_px, np.float64)[:, :2]:
-        if np.isfinite(x) and np.isfinite(y):
-            centre = (round((x - 0.5) * (1 << shift)), round((y - 0.5) * (1 << shift)))
-            cv2.circle(canvas, centre, radius << shift, color, -1, cv2.LINE_AA, shift)
+    for x, y in finite:
+        centre = (round((x - 0.5) * (1 << shift)), round((y - 0.5) * (1 << shift)))
+        cv2.circle(canvas, centre, radius << shift, color, -1, cv2.LINE_AA, shift)
     return canvas
 
 

@@ -164,7 +164,8 @@ def interpolate(attributes: torch.Tensor, triangles: torch.Tensor, fragments: Fr
     triangle_index = fragments.triangle_index
     batch, height, width = triangle_index.shape
     num_vertices, channels = attributes.shape[1:]
-    corner_index = triangles.long().to(triangle_index.device)[triangle_index.clamp(min=0).view(batch, -1)]
+    triangles = triangles.long().to(triangle_index.device)
+    corner_index = triangles.index_select(0, triangle_index.clamp(min=0).view(-1)).view(batch, -1, 3)
     if attributes.shape[0] != 1:
         corner_index = corner_index + torch.arange(batch, device=corner_index.device).view(batch, 1, 1) * num_vertices
     corner_values = attributes.reshape(-1, channels).index_select(0, corner_index.view(-1))

@@ -17,8 +17,9 @@ from .rasterizer import interpolate, rasterize, rasterize_uv
 UV_TILES = 2
 # Cosine between surface normal and view axis: below the first the photo gets no weight, above the second full.
 _GRAZING_COSINE = (0.05, 0.3)
-# Feather width of the visibility masks, as a fraction of the atlas height.
+# Feather width of the visibility masks, and blur of the fallback's gain map, as fractions of the atlas height.
 _FEATHER_FRACTION = 1.0 / 128.0
+_GAIN_SIGMA_FRACTION = 1.0 / 32.0
 
 
 def atlas_uv(uv_coords: np.ndarray) -> np.ndarray:
@@ -69,6 +70,33 @@ def _feather(alpha: np.ndarray, covered: np.ndarray, radius: int) -> np.ndarray:
     shrunk = cv2.erode(extended.astype(np.float32), kernel)
     smooth = cv2.GaussianBlur(shrunk, (0, 0), sigmaX=radius / 2.0)
     return np.minimum(alpha, smooth)
+
+
+def _wide_blur(image: np.ndarray, sigma: float) -> np.ndarray:
+    """Gaussian blur of a large sigma, done at reduced resolution (the result is smooth anyway)."""
+    factor = max(1, int(sigma // 4))
+    height, width = image.shape[:2]
+    small = cv2.resize(image, (max(1, width // factor), max(1, height // factor)), interpolation=cv2.INTER_AREA)
+    small = cv2.GaussianBlur(small, (0, 0), sigmaX=sigma / factor)
+    return cv2.resize(small, (width, height), interpolation=cv2.INTER_LINEAR).reshape(image.shape)
+
+
+def _local_gain(
+    photo: np.ndarray, fallback: np.ndarray, alpha: np.ndarray, covered: np.ndarray, sigma: float
+) -> np.ndarray:
+    """Smooth per-channel photo/fallback ratio (H,W,3), spread from the visible texels to the rest.
+
+    The fallback (model albedo, its own lighting) rarely matches the photo's exposure and light, so only its
+    detail is kept: the low frequencies come from the photo around it, as in a Laplacian-pyramid blend.
+    """
+    trusted = (alpha > 0.9).astype(np.float32)
+    if trusted.sum() < 16:
+        return np.ones_like(photo)
+    weight = _wide_blur(trusted, sigma)
+    photo_mean = _wide_blur(photo * trusted[..., None], sigma)
+    ratio = photo_mean / np.maximum(_wide_blur(fallback * trusted[..., None], sigma), 1.0)
+    reliable = (weight > 0.2) & covered
+    return np.clip(_push_pull(ratio.astype(np.float32), reliable.astype(np.float32)), 0.25, 4.0)
 
 
 def _surface_terms(
@@ -129,7 +157,7 @@ def unwrap_texture(
     A texel is *visible* when the photo shows its surface point: that point passes the photo's z-buffer and its
     triangle faces the camera. Grazing texels are down-weighted; the rest takes the mirrored surface point's colour
     where that one is visible (`mirror_index`, vertex → mirror vertex), else the per-vertex `fallback_rgb` in [0,1]
-    (gain-matched to the photo), else the spread of the nearest visible colours. Layers meet through feathered
+    (gain-matched to the photo around it), else the spread of the nearest visible colours. Layers meet through feathered
     masks; texels outside the UV islands get their neighbours' colours so seams do not bleed black.
 
     `normals` (N,3), in any frame whose z axis is the viewing axis (e.g. camera space), give the grazing weights
@@ -169,7 +197,7 @@ def unwrap_texture(
         # The winner's depth plane, evaluated at the point itself rather than at its pixel centre.
         plane = terms["plane"][safe_winner]
         winner_depth = plane[..., 0] * x + plane[..., 1] * y + plane[..., 2]
-        tolerance = 0.75 * torch.minimum(own_slope, terms["slope"][safe_winner]) + depth_tolerance
+        tolerance = 1.5 * own_slope + depth_tolerance
         unoccluded = (winner >= 0) & (depth <= winner_depth + tolerance)
         return torch.stack([x, y], -1).numpy(), unoccluded.numpy(), cosine.numpy()
 
@@ -189,10 +217,7 @@ def unwrap_texture(
     if fallback_rgb is not None:
         fallback = torch.from_numpy(255.0 * np.asarray(fallback_rgb, np.float32))
         base = interpolate(fallback[None], triangles_t, uv_fragments)[0].numpy()
-        trusted = photo_alpha > 0.9
-        if trusted.sum() >= 16:  # albedo is unlit; match the photo's overall gain so the fill does not stand out
-            gain = np.median(photo[trusted], axis=0) / np.maximum(np.median(base[trusted], axis=0), 1.0)
-            base *= np.clip(gain, 0.25, 4.0)
+        base *= _local_gain(photo, base, photo_alpha, covered, sigma=size * _GAIN_SIGMA_FRACTION)
     else:
         total = sum(alpha[..., None] * colour for colour, alpha in layers)
         weight = sum(alpha for _, alpha in layers)
