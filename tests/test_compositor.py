@@ -156,6 +156,7 @@ def test_mesh_glasses_cover_the_eyes():
         {"eye_distance": 80.0, "centre": (100.0, 85.0), "roll_deg": 30.0},
         {"eye_distance": 80.0, "centre": (100.0, 85.0), "squeeze_left": 0.3},  # strongly turned
         {"eye_distance": 70.0, "centre": (-300.0, 90.0)},  # entirely outside
+        {"size": 600, "eye_distance": 250.0, "centre": (300.0, 260.0)},  # large face, fewer subsamples
     ],
 )
 @pytest.mark.parametrize("source", ["procedural", pytest.param("mesh", marks=needs_mesh)])

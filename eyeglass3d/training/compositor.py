@@ -50,10 +50,12 @@ class GlassesSample:
 class GlassesCompositor:
     """Put random eyeglasses on a face photo, placed from its 68 iBUG landmarks.
 
-    `seed` drives the compositor's own generator, used when a call passes no `rng`; every call
+    `seed` drives the compositor's own generator, used when a call passes no `rng`. Every call
     draws one 63-bit sample seed (reported in `params["seed"]`) and everything else follows from
     it, so the same seed and inputs give the same output. `shape`, `lens` and `source` force a
-    choice; otherwise shapes and lens kinds are drawn with `shape_weights` / `lens_weights`.
+    choice; otherwise shapes and lens kinds are drawn with `shape_weights` / `lens_weights`, and
+    the 3D model with `mesh_probability`. `supersample` (procedural) and `mesh_supersample` are the
+    anti-aliasing factors for faces about 80 px between the eyes; larger faces get fewer.
     """
 
     def __init__(
@@ -118,10 +120,12 @@ class GlassesCompositor:
         margin = shadow["offset"] * 1.2 + 3 * shadow["blur"] + 2
         if source == "mesh":
             mesh = _mesh(self.glasses_dir)
-            layers, style = render_mesh(mesh, pose, occluder, image.shape[:2], r, self.mesh_supersample, margin)
+            supersample = _supersample(self.mesh_supersample, pose.scale_px)
+            layers, style = render_mesh(mesh, pose, occluder, image.shape[:2], r, supersample, margin)
         else:
             style = sample_style(shape, r, pose)
-            layers = render_procedural(pose, occluder, style, image.shape[:2], r, self.supersample, margin)
+            supersample = _supersample(self.supersample, pose.scale_px)
+            layers = render_procedural(pose, occluder, style, image.shape[:2], r, supersample, margin)
         lens_params = _lens_params(lens, r)
         glasses, mask = _composite(image, layers, lens_params, shadow, pose.up_px(), _environment(self.glasses_dir), r)
         params = {
@@ -144,6 +148,11 @@ class GlassesCompositor:
             "style": style,
         }
         return GlassesSample(image=glasses, mask=mask, clean=image.copy(), params=params)
+
+
+def _supersample(factor: int, eye_distance_px: float) -> int:
+    """Fewer subsamples for large faces: `factor` is meant for about 80 px between the eyes (UTKFace)."""
+    return int(np.clip(np.ceil(factor * 80 / max(eye_distance_px, 1.0)), 1, factor))
 
 
 def _checked_weights(weights: dict[str, float], allowed: tuple[str, ...], name: str) -> dict[str, float]:
@@ -249,7 +258,7 @@ def _composite(
         reflection *= np.asarray(lens["coating"], np.float32)
         if lens["kind"] == "mirrored":
             luminance = reflection.mean(-1, keepdims=True) / max(float(reflection.mean()), 1.0)
-            mirror = tint * np.clip(0.45 + 0.55 * luminance, 0, 1.6)
+            mirror = tint * np.clip(0.5 + 0.5 * luminance, 0, 1.3)
             crop = crop * (1 - a) + mirror * a
         else:
             crop = crop * (1 - a) + tint * a

@@ -65,10 +65,10 @@ def lens_outline(shape: str, aspect: float, squareness: float, points: int = _OU
         x = x * (1 - 0.22 * below**1.5) + 0.1 * below**2
         y = y - 0.1 * aspect * below * np.clip(x / 0.5 + 0.5, 0, 1)
     elif shape == "cat_eye":
-        wing = np.clip(x / 0.5, 0, 1) ** 3 * np.clip(top, 0, 1)
-        y = y + 0.3 * aspect * wing
-        x = x + 0.06 * wing
-        x = x * (1 - 0.1 * np.clip(-top, 0, 1))
+        # The top edge rises towards the temple into a swept-up corner; the bottom narrows outwards.
+        outward = np.clip(x + 0.5, 0, 1)
+        y = y + 0.35 * aspect * np.clip(top, 0, 1) ** 0.5 * outward**2.5
+        x = x - 0.08 * np.clip(-top, 0, 1) * outward
     outline = np.stack([x, y], 1)
     outline -= (outline.max(0) + outline.min(0)) / 2
     return outline / (outline[:, 0].max() - outline[:, 0].min())
@@ -123,9 +123,11 @@ def sample_style(shape: str, rng: np.random.Generator, pose: HeadPose) -> dict:
         rim = rng.uniform(0.01, 0.028)
     elif shape == "half_rim":
         rim = rng.uniform(0.025, 0.05)
+    elif shape == "browline":
+        rim = rng.uniform(0.03, 0.045)
     else:
         rim = rng.uniform(0.035, 0.085)
-    top_factor = {"browline": rng.uniform(2.2, 3.2), "cat_eye": rng.uniform(1.3, 1.8)}.get(shape, rng.uniform(1.0, 1.3))
+    top_factor = {"browline": rng.uniform(2.2, 3.0), "cat_eye": rng.uniform(1.2, 1.6)}.get(shape, rng.uniform(1.0, 1.3))
     bridge = rng.uniform(0.2, 0.32)
     # Lens centres sit a little below the pupils; the top rim stays under the brows unless the lens is large.
     centre_y = float(min(rng.uniform(-0.1, 0.0), pose.brow_height - lens_height / 2 - rim * top_factor + 0.06))
