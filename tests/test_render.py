@@ -199,6 +199,19 @@ def test_occluded_texels_take_the_mirror_colour():
     np.testing.assert_array_equal(mirrored[far_from_occluder], texture[far_from_occluder])  # photo kept as is
 
 
+def test_grazing_texels_give_way_to_the_fallback():
+    """Normals almost perpendicular to the view axis: still visible, but the photo gets no weight there."""
+    vertices_px, triangles, uv = _grid_mesh()
+    fallback = np.tile([[0.2, 0.4, 0.6]], (len(vertices_px), 1))
+    grazing = np.tile([[1.0, 0.0, 0.02]], (len(vertices_px), 1))
+    args = (_painted_image(), vertices_px, triangles, uv, triangles)
+    texture, visible = unwrap_texture(*args, size=32, fallback_rgb=fallback, normals=grazing)
+    frontal, _ = unwrap_texture(*args, size=32, fallback_rgb=fallback, normals=grazing * [0, 0, 1])
+    assert visible[8:24, 4:28].all()
+    np.testing.assert_allclose(texture[8:24, 4:28], np.broadcast_to([51, 102, 153], (16, 24, 3)), atol=1)
+    np.testing.assert_allclose(frontal[6, 6], [220, 200, 120], atol=3)
+
+
 def test_mirror_vertex_index_pairs_symmetric_vertices():
     vertices = np.array([[-1.0, 0, 0], [1.0, 0, 0], [0.0, 1, 0], [-0.5, 2, 1], [0.5, 2, 1]])
     np.testing.assert_array_equal(mirror_vertex_index(vertices), [1, 0, 2, 4, 3])

@@ -102,7 +102,7 @@ def _local_gain(
 def _surface_terms(
     vertices_px: torch.Tensor, triangles: torch.Tensor, normals: torch.Tensor | None
 ) -> dict[str, torch.Tensor]:
-    """Per triangle: front-facing flag, depth plane z = a·x + b·y + c and its slope; per vertex: view cosine, slope.
+    """Per triangle: front-facing flag, depth plane z = a·x + b·y + c; per vertex: view cosine, steepest slope.
 
     Facing and slope depend only on the pixel positions and on depth order/units, so they hold for any depth unit.
     The cosine's magnitude needs isotropic units: it comes from `normals` (any frame whose z is the view axis) when
@@ -128,7 +128,6 @@ def _surface_terms(
     return {
         "front": front,
         "plane": torch.cat([gradient, offset[:, None]], -1),
-        "slope": slope,
         "vertex_cosine": vertex_cosine,
         "vertex_slope": vertex_slope,
     }
@@ -157,8 +156,8 @@ def unwrap_texture(
     A texel is *visible* when the photo shows its surface point: that point passes the photo's z-buffer and its
     triangle faces the camera. Grazing texels are down-weighted; the rest takes the mirrored surface point's colour
     where that one is visible (`mirror_index`, vertex → mirror vertex), else the per-vertex `fallback_rgb` in [0,1]
-    (gain-matched to the photo around it), else the spread of the nearest visible colours. Layers meet through feathered
-    masks; texels outside the UV islands get their neighbours' colours so seams do not bleed black.
+    (gain-matched to the photo around it), else the spread of the nearest visible colours. Layers meet through
+    feathered masks; texels outside the UV islands get their neighbours' colours so seams do not bleed black.
 
     `normals` (N,3), in any frame whose z axis is the viewing axis (e.g. camera space), give the grazing weights
     when the depth of `vertices_px` is not pixel-scaled (metres, say); without them depth is read as pixels.
@@ -189,7 +188,7 @@ def unwrap_texture(
         attributes = torch.cat(
             [vertices_t, terms["vertex_cosine"][:, None], terms["vertex_slope"][:, None]], -1
         )[vertex_order]
-        x, y, depth, cosine, own_slope = interpolate(attributes[None], triangles_t, uv_fragments)[0].unbind(-1)
+        x, y, point_depth, cosine, own_slope = interpolate(attributes[None], triangles_t, uv_fragments)[0].unbind(-1)
         col, row = torch.floor(x).long(), torch.floor(y).long()
         inside = covered_t & (col >= 0) & (col < width) & (row >= 0) & (row < height)
         winner = torch.where(inside, zbuffer_triangle[(row * width + col).clamp(0, height * width - 1)], -1)
@@ -197,8 +196,10 @@ def unwrap_texture(
         # The winner's depth plane, evaluated at the point itself rather than at its pixel centre.
         plane = terms["plane"][safe_winner]
         winner_depth = plane[..., 0] * x + plane[..., 1] * y + plane[..., 2]
+        # A point's own depth slope (depth per pixel) bounds how far the neighbouring facets of its own surface can
+        # deviate within a pixel; another surface in front is further away than that.
         tolerance = 1.5 * own_slope + depth_tolerance
-        unoccluded = (winner >= 0) & (depth <= winner_depth + tolerance)
+        unoccluded = (winner >= 0) & (point_depth <= winner_depth + tolerance)
         return torch.stack([x, y], -1).numpy(), unoccluded.numpy(), cosine.numpy()
 
     points, unoccluded, cosine = surface_points(torch.arange(len(vertices_t)))
