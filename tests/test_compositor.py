@@ -167,6 +167,14 @@ def test_extreme_placements_do_not_break(face, source):
         assert_exact(compositor(image, landmarks, shape=shape, source=source), image)
 
 
+def test_missing_meshes_fail_early_unless_procedural_only(tmp_path):
+    with pytest.raises(FileNotFoundError):
+        GlassesCompositor(glasses_dir=tmp_path)
+    image, landmarks = synthetic_face()
+    # Without the data folder the room reflection falls back to a synthetic one.
+    assert_exact(GlassesCompositor(mesh_probability=0.0, glasses_dir=tmp_path)(image, landmarks), image)
+
+
 def test_bad_inputs_are_rejected():
     image, landmarks = synthetic_face()
     compositor = GlassesCompositor()

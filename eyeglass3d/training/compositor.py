@@ -26,8 +26,8 @@ import numpy as np
 
 from ..paths import data_root
 from .glasses.layers import GlassesLayers
-from .glasses.materials import LENS_TINTS, MIRROR_TINTS, SUN_TINTS
-from .glasses.mesh_glasses import GlassesMesh, render_mesh
+from .glasses.materials import LENS_TINTS, MIRROR_TINTS, MIRROR_WEIGHTS, SUN_TINTS, weighted_choice
+from .glasses.mesh_glasses import FRAME_FILE, GlassesMesh, render_mesh
 from .glasses.placement import HeadOccluder, estimate_head_pose
 from .glasses.procedural import FRAME_SHAPES, SHAPE_WEIGHTS, render_procedural, sample_style
 
@@ -41,6 +41,8 @@ __all__ = ["FRAME_SHAPES", "LENS_KINDS", "SOURCES", "GlassesCompositor", "Glasse
 
 @dataclass
 class GlassesSample:
+    """One face with synthetic glasses, the exact mask of what changed, and the untouched original."""
+
     image: np.ndarray  # (H, W, 3) uint8: the face wearing glasses
     mask: np.ndarray  # (H, W) bool: every pixel the glasses changed (frames, visible temples, lenses, shadow)
     clean: np.ndarray  # (H, W, 3) uint8: the input, unchanged
@@ -52,8 +54,8 @@ class GlassesCompositor:
 
     `seed` drives the compositor's own generator, used when a call passes no `rng`. Every call
     draws one 63-bit sample seed (reported in `params["seed"]`) and everything else follows from
-    it, so the same seed and inputs give the same output. `shape`, `lens` and `source` force a
-    choice; otherwise shapes and lens kinds are drawn with `shape_weights` / `lens_weights`, and
+    it, so the same seed and inputs give the same output. `shape` (procedural frames only), `lens`
+    and `source` force a choice; otherwise shapes and lens kinds are drawn with `shape_weights` / `lens_weights`, and
     the 3D model with `mesh_probability`. `supersample` (procedural) and `mesh_supersample` are the
     anti-aliasing factors for faces about 80 px between the eyes; larger faces get fewer.
     """
@@ -75,6 +77,11 @@ class GlassesCompositor:
         self.supersample = int(supersample)
         self.mesh_supersample = int(mesh_supersample)
         self.glasses_dir = Path(glasses_dir) if glasses_dir is not None else data_root() / "glasses" / "glassesVTO"
+        if self.mesh_probability > 0 and not (self.glasses_dir / FRAME_FILE).exists():
+            raise FileNotFoundError(
+                f"no {FRAME_FILE} in {self.glasses_dir}: set EYEGLASS3D_DATA or pass glasses_dir, "
+                "or mesh_probability=0 for procedural frames only"
+            )
 
     def __call__(
         self,
@@ -101,8 +108,8 @@ class GlassesCompositor:
         r = np.random.default_rng(seed)
         if source is None:
             source = "mesh" if r.random() < self.mesh_probability else "procedural"
-        shape = shape if shape is not None else _draw(self.shape_weights, r)
-        lens = lens if lens is not None else _draw(self.lens_weights, r)
+        shape = shape if shape is not None else weighted_choice(self.shape_weights, r)
+        lens = lens if lens is not None else weighted_choice(self.lens_weights, r)
 
         pose = estimate_head_pose(
             landmarks,
@@ -127,7 +134,8 @@ class GlassesCompositor:
             supersample = _supersample(self.supersample, pose.scale_px)
             layers = render_procedural(pose, occluder, style, image.shape[:2], r, supersample, margin)
         lens_params = _lens_params(lens, r)
-        glasses, mask = _composite(image, layers, lens_params, shadow, pose.up_px(), _environment(self.glasses_dir), r)
+        environment = _environment(self.glasses_dir)
+        glasses, mask = _composite(image, layers, lens_params, shadow, pose.up_px(), environment)
         params = {
             "seed": seed,
             "source": source,
@@ -162,12 +170,6 @@ def _checked_weights(weights: dict[str, float], allowed: tuple[str, ...], name: 
     return {k: float(v) for k, v in weights.items() if v > 0}
 
 
-def _draw(weights: dict[str, float], rng: np.random.Generator) -> str:
-    names = list(weights)
-    p = np.asarray([weights[n] for n in names])
-    return names[int(rng.choice(len(names), p=p / p.sum()))]
-
-
 def _lens_params(kind: str, rng: np.random.Generator) -> dict:
     """Tint colour and opacity (top and bottom), reflectance and refraction of a lens kind."""
     params = {
@@ -195,7 +197,7 @@ def _lens_params(kind: str, rng: np.random.Generator) -> dict:
         opacity = (o, o)
         params["reflectance"] = float(rng.uniform(0.06, 0.2))
     else:  # mirrored
-        tint = MIRROR_TINTS[str(rng.choice(list(MIRROR_TINTS), p=[0.4, 0.25, 0.2, 0.15]))]
+        tint = MIRROR_TINTS[weighted_choice(MIRROR_WEIGHTS, rng)]
         o = rng.uniform(0.88, 0.97)
         opacity = (o, o)
         params["reflectance"] = float(rng.uniform(0.3, 0.6))
@@ -216,7 +218,6 @@ def _composite(
     shadow: dict,
     up_px: np.ndarray,
     environment: np.ndarray,
-    rng: np.random.Generator,
 ) -> tuple[np.ndarray, np.ndarray]:
     """Refraction, frame shadow, lens tint and reflection, then the frame; returns (image, mask)."""
     out = image.copy()

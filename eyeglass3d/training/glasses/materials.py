@@ -10,7 +10,6 @@ from __future__ import annotations
 import cv2
 import numpy as np
 
-MATERIALS = ("black", "colour", "tortoise", "transparent", "gold", "silver", "gunmetal")
 METALS = ("gold", "silver", "gunmetal")
 
 _ACETATE_COLOURS = {
@@ -44,6 +43,14 @@ LENS_TINTS = {
 }
 SUN_TINTS = {"black": (12, 12, 14), "grey": (35, 37, 40), "brown": (55, 35, 20), "g15": (30, 45, 30)}
 MIRROR_TINTS = {"silver": (200, 205, 210), "blue": (60, 120, 220), "gold": (220, 170, 70), "red": (220, 80, 50)}
+MIRROR_WEIGHTS = {"silver": 0.4, "blue": 0.25, "gold": 0.2, "red": 0.15}
+
+
+def weighted_choice(weights: dict[str, float], rng: np.random.Generator) -> str:
+    """One key of `weights`, drawn with probability proportional to its value."""
+    names = list(weights)
+    p = np.asarray([weights[n] for n in names], np.float64)
+    return names[int(rng.choice(len(names), p=p / p.sum()))]
 
 
 def choose_frame_colour(material: str, rng: np.random.Generator) -> tuple[str, np.ndarray]:

@@ -2,8 +2,8 @@
 
 Model units are arbitrary (the front is about 200 wide, lens centres at x = ±52); the model is
 scaled so its lens centres are about one interocular distance apart. As in the jeeliz demo, the
-temples fade out towards their far ends (there they would go behind the ears), and a head
-occluder hides what is behind the head.
+temples fade out towards their far ends (there they would go behind the ears; the demo fades
+around z = -90), and a head occluder hides what is behind the head.
 """
 
 from __future__ import annotations
@@ -16,7 +16,7 @@ import cv2
 import numpy as np
 
 from .layers import Canvas, CropBox, GlassesLayers, box_filter
-from .materials import choose_frame_colour, frame_colour
+from .materials import choose_frame_colour, frame_colour, weighted_choice
 from .placement import HeadOccluder, HeadPose
 from .raster import front_facing, rasterize
 
@@ -38,6 +38,8 @@ def load_buffer_geometry(path: Path) -> tuple[np.ndarray, np.ndarray]:
 
 @dataclass
 class GlassesMesh:
+    """Frame (front and temples, one closed surface) and lens geometry of the glassesVTO model."""
+
     frame_vertices: np.ndarray  # (N, 3) model units, +y up, +z forward
     frame_triangles: np.ndarray  # (T, 3), closed surface wound counter-clockwise seen from outside
     frame_vertex_normals: np.ndarray  # (N, 3)
@@ -77,7 +79,7 @@ def render_mesh(
     margin_px: float = 6.0,
 ) -> tuple[GlassesLayers, dict]:
     """Rasterise the model frame (z-tested against itself and the head) and its lens outlines."""
-    material = _choose(MESH_MATERIALS, rng)
+    material = weighted_choice(MESH_MATERIALS, rng)
     colour_name, colour = choose_frame_colour(material, rng)
     scale = rng.uniform(1.0, 1.14) / (2 * mesh.lens_centre[0])
     vertical = rng.uniform(0.85, 1.15)
@@ -164,8 +166,3 @@ def render_mesh(
         layers.lens_alpha[index] = canvas.alpha()
     return layers, style
 
-
-def _choose(weights: dict[str, float], rng: np.random.Generator) -> str:
-    names = list(weights)
-    p = np.asarray([weights[n] for n in names])
-    return names[int(rng.choice(len(names), p=p / p.sum()))]

@@ -13,7 +13,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from .layers import Canvas, CropBox, GlassesLayers
-from .materials import METALS, choose_frame_colour, frame_colour
+from .materials import METALS, choose_frame_colour, frame_colour, weighted_choice
 from .placement import HeadOccluder, HeadPose
 
 FRAME_SHAPES = ("round", "oval", "rectangular", "wayfarer", "aviator", "cat_eye", "browline", "rimless", "half_rim")
@@ -40,12 +40,6 @@ _ACETATE_WEIGHTS = {
 }
 _OUTLINE_POINTS = 72
 _LIGHT_ANGLE = np.radians(120)  # light from the upper left, measured from the frame's +x towards +y
-
-
-def _choose(weights: dict[str, float], rng: np.random.Generator) -> str:
-    names = list(weights)
-    p = np.asarray([weights[n] for n in names], np.float64)
-    return names[int(rng.choice(len(names), p=p / p.sum()))]
 
 
 def lens_outline(shape: str, aspect: float, squareness: float, points: int = _OUTLINE_POINTS) -> np.ndarray:
@@ -102,7 +96,7 @@ def sample_style(shape: str, rng: np.random.Generator, pose: HeadPose) -> dict:
     elif shape == "browline":
         material = str(rng.choice(["black", "tortoise", "colour"], p=[0.55, 0.3, 0.15]))
     else:
-        material = _choose(_ACETATE_WEIGHTS, rng)
+        material = weighted_choice(_ACETATE_WEIGHTS, rng)
     colour_name, colour = choose_frame_colour(material, rng)
     metal = material in METALS
     thin = metal or shape in ("rimless", "aviator")
