@@ -331,7 +331,8 @@ def _temple(
     hinge = front(np.array([side * hinge_x, hinge_y])) - np.array([0, 0, 0.02])
     ear_x = side * (occluder.radii[0] + 0.05)
     ear = np.array([ear_x, hinge_y - style["temple_drop"], occluder.centre[2] + 0.05])
-    bulge = np.array([side * max(abs(hinge[0]), abs(ear_x) + 0.04), (hinge[1] + ear[1]) / 2, (hinge[2] + ear[2]) / 2])
+    # Straight back from the hinge at first; the drop towards the ear comes near the end.
+    bulge = np.array([side * max(abs(hinge[0]), abs(ear_x)), hinge[1], (hinge[2] + ear[2]) / 2])
     behind_z = hinge[2] - 0.12
 
     def curve(t: np.ndarray) -> np.ndarray:
