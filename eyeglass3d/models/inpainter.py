@@ -20,8 +20,16 @@ from ..geometry.alignment import EYE_BAND
 LANDMARK_GROUPS = (range(0, 17), range(17, 27), range(27, 36), range(36, 48), range(48, 68))
 
 
+def _instance_norm(channels: int) -> nn.GroupNorm:
+    """Instance normalisation with a per-channel affine, as GroupNorm: one group per channel.
+
+    Same maths as InstanceNorm2d(affine=True), but PyTorch's CPU GroupNorm kernel is several times
+    faster and keeps channels_last tensors as they are."""
+    return nn.GroupNorm(channels, channels)
+
+
 def _norm_act(channels: int) -> list[nn.Module]:
-    return [nn.InstanceNorm2d(channels), nn.ReLU(inplace=True)]
+    return [_instance_norm(channels), nn.ReLU(inplace=True)]
 
 
 class DilatedResidualBlock(nn.Module):
@@ -31,10 +39,10 @@ class DilatedResidualBlock(nn.Module):
     def __init__(self, channels: int, dilation: int):
         super().__init__()
         self.body = nn.Sequential(
-            nn.Conv2d(channels, channels, 3, padding=dilation, dilation=dilation, padding_mode="reflect"),
+            nn.Conv2d(channels, channels, 3, padding=dilation, dilation=dilation),
             *_norm_act(channels),
-            nn.Conv2d(channels, channels, 3, padding=1, padding_mode="reflect"),
-            nn.InstanceNorm2d(channels),
+            nn.Conv2d(channels, channels, 3, padding=1),
+            _instance_norm(channels),
         )
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -52,7 +60,7 @@ class LongShortAttention(nn.Module):
         self.query = nn.Conv2d(channels, key_channels, 1)
         self.key = nn.Conv2d(channels, key_channels, 1)
         self.value = nn.Conv2d(channels, channels, 1)
-        self.local = nn.Sequential(nn.Conv2d(channels, channels, 3, padding=1, padding_mode="reflect"), *_norm_act(channels))
+        self.local = nn.Sequential(nn.Conv2d(channels, channels, 3, padding=1), *_norm_act(channels))
         self.fuse = nn.Conv2d(2 * channels, channels, 1)
 
     def forward(self, x: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
@@ -74,7 +82,7 @@ class UpBlock(nn.Sequential):
     def __init__(self, in_channels: int, out_channels: int):
         super().__init__(
             nn.Upsample(scale_factor=2, mode="bilinear", align_corners=False),
-            nn.Conv2d(in_channels, out_channels, 3, padding=1, padding_mode="reflect"),
+            nn.Conv2d(in_channels, out_channels, 3, padding=1),
             *_norm_act(out_channels),
         )
 
@@ -102,7 +110,7 @@ class InpaintGenerator(ModelMixin, ConfigMixin):
             raise ValueError("the encoder has exactly 3 down-sampling blocks: give 3 channel multipliers")
         widths = [base_channels] + [base_channels * m for m in channel_multipliers]
         self.stem = nn.Sequential(
-            nn.Conv2d(3 + 1 + guidance_channels, widths[0], 7, padding=3, padding_mode="reflect"), *_norm_act(widths[0])
+            nn.Conv2d(3 + 1 + guidance_channels, widths[0], 7, padding=3), *_norm_act(widths[0])
         )
         self.encoder = nn.Sequential(*(
             nn.Sequential(nn.Conv2d(widths[i], widths[i + 1], 4, stride=2, padding=1), *_norm_act(widths[i + 1]))
@@ -111,7 +119,7 @@ class InpaintGenerator(ModelMixin, ConfigMixin):
         self.residual_blocks = nn.Sequential(*(DilatedResidualBlock(widths[3], dilation) for _ in range(num_residual_blocks)))
         self.attention = LongShortAttention(widths[3])
         self.decoder = nn.Sequential(*(UpBlock(widths[i + 1], widths[i]) for i in reversed(range(3))))
-        self.to_rgb = nn.Conv2d(widths[0], 3, 7, padding=3, padding_mode="reflect")
+        self.to_rgb = nn.Conv2d(widths[0], 3, 7, padding=3)
 
     def forward(self, image: torch.Tensor, mask: torch.Tensor, guidance: torch.Tensor) -> torch.Tensor:
         """image (B,3,H,W) in [0,1], mask (B,1,H,W) 1 = fill, guidance (B,G,H,W) -> raw prediction (B,3,H,W) in [0,1].
