@@ -197,17 +197,53 @@ def test_python_dash_m_help():
     assert "--keep-glasses" in result.stdout and "--all-faces" in result.stdout
 
 
-@pytest.mark.integration
-def test_shipped_weights_on_a_real_photo(tmp_path, capsys):
-    folder = tmp_path / "photos"
+def _real_inputs(root: Path, with_face: bool = True) -> Path:
+    """A real photo (optional), a photo without a face, and a JPEG cut off after its header."""
+    folder = root / "photos"
     folder.mkdir()
-    (folder / "grace_hopper.jpg").write_bytes((REPO_ROOT / "examples" / "grace_hopper.jpg").read_bytes())
+    photo = (REPO_ROOT / "examples" / "grace_hopper.jpg").read_bytes()
+    if with_face:
+        (folder / "grace_hopper.jpg").write_bytes(photo)
     gradient = np.linspace(0, 255, 256, dtype=np.uint8)[None].repeat(256, 0)
     PIL.Image.fromarray(gradient).save(folder / "no_face.png")
-    (folder / "broken.jpg").write_bytes((REPO_ROOT / "examples" / "grace_hopper.jpg").read_bytes()[:500])
+    (folder / "broken.jpg").write_bytes(photo[:500])
+    return folder
+
+
+def test_real_pipeline_nothing_usable_exit_code_1(tmp_path, tiny_pipeline_dir, capsys):
+    code = cli.main(["reconstruct", str(_real_inputs(tmp_path, with_face=False)), "--out", str(tmp_path / "out"),
+                     "--weights", str(tiny_pipeline_dir)])
+
+    assert code == 1
+    captured = capsys.readouterr()
+    assert "0 reconstructed, 2 failed" in captured.out
+    assert "no_face.png: No face found" in captured.out
+    assert "broken.jpg" in captured.out
+    assert not any((tmp_path / "out").iterdir())
+
+
+@pytest.mark.slow
+def test_real_pipeline_writes_every_output(tmp_path, tiny_pipeline_dir, capsys):
+    """Tiny random networks behind the shipped detector: the export plumbing, end to end (~3 s)."""
+    out = tmp_path / "out"
+    code = cli.main(["reconstruct", str(_real_inputs(tmp_path)), "--out", str(out), "--format", "glb,obj",
+                     "--weights", str(tiny_pipeline_dir)])
+
+    assert code == 0
+    assert "1 reconstructed, 2 failed" in capsys.readouterr().out
+    assert sorted(p.name for p in out.iterdir()) == [
+        "grace_hopper.glb", "grace_hopper.mtl", "grace_hopper.obj", "grace_hopper.png",
+        "grace_hopper_coefficients.json", "grace_hopper_inpainted.png",
+    ]
+    assert PIL.Image.open(out / "grace_hopper_inpainted.png").size == PIL.Image.open(
+        REPO_ROOT / "examples" / "grace_hopper.jpg").size
+
+
+@pytest.mark.integration
+def test_shipped_weights_on_a_real_photo(tmp_path, capsys):
     out = tmp_path / "out"
 
-    code = cli.main(["reconstruct", str(folder), "--out", str(out), "--format", "glb,obj"])
+    code = cli.main(["reconstruct", str(_real_inputs(tmp_path)), "--out", str(out), "--format", "glb,obj"])
 
     assert code == 0
     captured = capsys.readouterr()
