@@ -274,7 +274,8 @@ class Eyeglass3DPipeline(DiffusionPipeline):
         landmarks_region = alignment.transform_points(matrix, landmarks_px) / np.array(size_hw[::-1])
         mask_tensor = torch.from_numpy(mask_crop)[None, None].float()
         guidance = self.inpainter.landmark_heatmaps(
-            torch.from_numpy(landmarks_region)[None].float(), size_hw[0], size_hw[1]
+            torch.from_numpy(landmarks_region)[None].float(), size_hw[0], size_hw[1],
+            self.inpainter.config.guidance_sigma, self.inpainter.config.guidance_channels,
         )
         filled = self.inpainter.inpaint(_to_tensor(crop), mask_tensor, guidance)[0]
         filled = (filled.clamp(0, 1).permute(1, 2, 0).float().numpy() * 255 + 0.5).astype(np.uint8)
@@ -336,8 +337,10 @@ class Eyeglass3DPipeline(DiffusionPipeline):
             model.triangles.numpy(),
             model.uv_coords.float().numpy(),
             model.uv_triangles.numpy(),
+            size=TEXTURE_CROP_SIZE,
             fallback_rgb=shaded[0].numpy(),
             mirror_index=model.mirror_index.numpy(),
+            normals=normals[0].numpy(),
         )
         return build_mesh(
             vertices_m[0].numpy(),

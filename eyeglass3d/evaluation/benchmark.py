@@ -1,0 +1,67 @@
+"""Time every stage of `reconstruct` on the example photos, next to one plain ResNet-50 forward.
+
+    python -m eyeglass3d.evaluation.benchmark [--weights weights_card] [--repeats 5] [--threads 2]
+
+Prints the median milliseconds per stage and in total; the ResNet-50 at 224² measured in the same
+process is the yardstick the project's speed target is written against (full reconstruct ≤ 3×).
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+import time
+from pathlib import Path
+
+import torch
+
+from eyeglass3d.paths import REPO_ROOT, default_weights
+
+
+def resnet50_forward_ms(repeats: int) -> float:
+    from eyeglass3d.models.backbones import resnet50
+
+    model = resnet50().eval()
+    image = torch.rand(1, 3, 224, 224)
+    times = []
+    with torch.inference_mode():
+        model(image)
+        for _ in range(repeats):
+            started = time.perf_counter()
+            model(image)
+            times.append((time.perf_counter() - started) * 1e3)
+    return statistics.median(times)
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--weights", default=str(default_weights()))
+    parser.add_argument("--images", nargs="*", type=Path,
+                        default=[REPO_ROOT / "examples" / "grace_hopper.jpg", REPO_ROOT / "examples" / "astronaut.jpg"])
+    parser.add_argument("--repeats", type=int, default=5)
+    parser.add_argument("--threads", type=int, default=2)
+    args = parser.parse_args(argv)
+    torch.set_num_threads(args.threads)
+
+    from eyeglass3d import Eyeglass3DPipeline
+
+    started = time.perf_counter()
+    pipe = Eyeglass3DPipeline.from_pretrained(args.weights)
+    print(f"load: {(time.perf_counter() - started) * 1e3:.0f} ms from {args.weights}")
+    for path in args.images:
+        pipe.reconstruct(path)  # warm-up
+        stages: dict[str, list[float]] = {}
+        totals = []
+        for _ in range(args.repeats):
+            started = time.perf_counter()
+            out = pipe.reconstruct(path)
+            totals.append((time.perf_counter() - started) * 1e3)
+            for name, value in out.timings_ms.items():
+                stages.setdefault(name, []).append(value)
+        line = "  ".join(f"{name} {statistics.median(values):.0f}" for name, values in stages.items())
+        print(f"{path.name}: total {statistics.median(totals):.0f} ms | {line} | stages: {out.stages}")
+    print(f"ResNet-50 forward at 224 (same process, {args.threads} threads): {resnet50_forward_ms(args.repeats * 4):.1f} ms")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,169 @@
+"""The public contract of `Eyeglass3DPipeline`, end to end on tiny random networks."""
+
+from __future__ import annotations
+
+import json
+import shutil
+import time
+from pathlib import Path
+
+import numpy as np
+import PIL.Image
+import pygltflib
+import pytest
+import trimesh
+
+from eyeglass3d import Eyeglass3DPipeline, FaceNotFoundError, ReconstructionOutput
+from eyeglass3d.models.face_model import COEFFICIENT_SIZES
+
+EXAMPLES = Path(__file__).resolve().parent.parent / "examples"
+
+
+@pytest.fixture(scope="module")
+def photo() -> np.ndarray:
+    return np.asarray(PIL.Image.open(EXAMPLES / "grace_hopper.jpg").convert("RGB"))
+
+
+@pytest.fixture(scope="module")
+def output(tiny_pipeline, photo) -> ReconstructionOutput:
+    return tiny_pipeline.reconstruct(photo)
+
+
+def test_save_pretrained_writes_every_component(tiny_pipeline_dir):
+    index = json.loads((tiny_pipeline_dir / "model_index.json").read_text())
+    for name in ("detector", "landmarker", "parser", "inpainter", "regressor", "face_model"):
+        assert index[name][0].split(".")[0] == "eyeglass3d"
+        assert (tiny_pipeline_dir / name / "config.json").is_file()
+        assert (tiny_pipeline_dir / name / "diffusion_pytorch_model.safetensors").is_file()
+
+
+def test_output_follows_the_contract(output, photo):
+    height, width = photo.shape[:2]
+    assert output.face_box.shape == (4,) and output.face_box.dtype == np.float32
+    x0, y0, x1, y1 = output.face_box
+    assert 0 <= x0 < x1 <= width and 0 <= y0 < y1 <= height
+    assert output.landmarks.shape == (68, 2) and output.landmarks.dtype == np.float32
+    assert output.parsing.shape == (height, width) and output.parsing.dtype == np.uint8
+    assert "eyeglasses" in output.parsing_labels
+    assert output.parsing.max() < len(output.parsing_labels)
+    assert output.glasses_mask.shape == (height, width) and output.glasses_mask.dtype == bool
+    assert isinstance(output.inpainted, PIL.Image.Image) and output.inpainted.size == (width, height)
+    inpainted = np.asarray(output.inpainted)
+    assert np.array_equal(inpainted[~output.glasses_mask], photo[~output.glasses_mask])
+    assert {name: value.shape for name, value in output.coefficients.items()} == {
+        name: (size,) for name, size in COEFFICIENT_SIZES.items()
+    }
+    assert isinstance(output.mesh, trimesh.Trimesh)
+    assert output.mesh.visual.uv is not None and len(output.mesh.visual.uv) == len(output.mesh.vertices)
+    extent = output.mesh.extents
+    assert 0.1 < extent.max() < 0.5, "a head in metres"
+    assert set(output.stages) >= {"detector", "landmarker", "parser", "inpainter", "regressor"}
+
+
+def test_landmarks_lie_in_the_face_box(output):
+    x0, y0, x1, y1 = output.face_box
+    margin = 0.25 * (x1 - x0)
+    inside = (
+        (output.landmarks[:, 0] > x0 - margin) & (output.landmarks[:, 0] < x1 + margin)
+        & (output.landmarks[:, 1] > y0 - margin) & (output.landmarks[:, 1] < y1 + margin)
+    )
+    assert inside.all()
+
+
+def test_export_round_trips(output, tmp_path):
+    written = output.export(tmp_path / "face.glb")
+    gltf = pygltflib.GLTF2().load(str(written[0]))
+    assert len(gltf.images) == 1
+    assert gltf.meshes[0].primitives[0].attributes.TEXCOORD_0 is not None
+    obj_files = output.export(tmp_path / "face.obj")
+    assert sorted(path.suffix for path in obj_files) == [".mtl", ".obj", ".png"]
+    reloaded = trimesh.load(obj_files[0], force="mesh")
+    assert len(reloaded.faces) == len(output.mesh.faces)
+    assert json.loads(output.coefficients_json())["identity"]
+
+
+def test_given_mask_replaces_the_parser_and_only_its_pixels_change(tiny_pipeline, photo, output):
+    mask = np.zeros(photo.shape[:2], bool)
+    left_eye = output.landmarks[36:42].mean(0).astype(int)
+    mask[left_eye[1] - 10:left_eye[1] + 10, left_eye[0] - 25:left_eye[0] + 25] = True
+    result = tiny_pipeline.reconstruct(photo, glasses_mask=mask)
+    assert np.array_equal(result.glasses_mask, mask)
+    inpainted = np.asarray(result.inpainted)
+    assert np.array_equal(inpainted[~mask], photo[~mask])
+    assert not np.array_equal(inpainted[mask], photo[mask])
+    assert (result.parsing[mask] == result.parsing_labels.index("eyeglasses")).all()
+
+
+def test_keep_glasses_leaves_the_photo_alone(tiny_pipeline, photo):
+    mask = np.zeros(photo.shape[:2], bool)
+    mask[200:240, 200:300] = True
+    result = tiny_pipeline.reconstruct(photo, glasses_mask=mask, remove_glasses=False)
+    assert np.array_equal(np.asarray(result.inpainted), photo)
+
+
+def test_lists_paths_and_call_are_the_same_call(tiny_pipeline, output):
+    path = EXAMPLES / "grace_hopper.jpg"
+    results = tiny_pipeline([path, str(path)])
+    assert isinstance(results, list) and len(results) == 2
+    np.testing.assert_allclose(results[0].landmarks, output.landmarks, atol=1e-3)
+
+
+def test_all_faces_gives_a_list(tiny_pipeline, photo):
+    results = tiny_pipeline.reconstruct(photo, all_faces=True)
+    assert isinstance(results, list) and len(results) >= 1
+
+
+def test_no_face_is_a_clear_value_error(tiny_pipeline):
+    with pytest.raises(FaceNotFoundError, match="No face"):
+        tiny_pipeline.reconstruct(np.full((200, 300, 3), 128, np.uint8))
+    assert issubclass(FaceNotFoundError, ValueError)
+
+
+def test_mask_of_the_wrong_shape_is_refused(tiny_pipeline, photo):
+    with pytest.raises(ValueError, match="glasses_mask"):
+        tiny_pipeline.reconstruct(photo, glasses_mask=np.zeros((10, 10), bool))
+
+
+def test_missing_component_is_named(tiny_pipeline_dir, tmp_path):
+    broken = tmp_path / "broken"
+    shutil.copytree(tiny_pipeline_dir, broken)
+    shutil.rmtree(broken / "landmarker")
+    with pytest.raises(FileNotFoundError, match="landmarker"):
+        Eyeglass3DPipeline.from_pretrained(broken)
+
+
+def test_components_declared_absent_use_named_fallbacks(tiny_pipeline_dir, tmp_path, photo):
+    partial = tmp_path / "partial"
+    shutil.copytree(tiny_pipeline_dir, partial)
+    index = json.loads((partial / "model_index.json").read_text())
+    for name in ("parser", "inpainter", "regressor"):
+        index[name] = [None, None]
+        shutil.rmtree(partial / name)
+    (partial / "model_index.json").write_text(json.dumps(index))
+    pipe = Eyeglass3DPipeline.from_pretrained(partial)
+    assert pipe.parser is None and pipe.regressor is None
+    mask = np.zeros(photo.shape[:2], bool)
+    mask[250:270, 220:300] = True
+    result = pipe.reconstruct(photo, glasses_mask=mask)
+    assert "Telea" in result.stages["inpainter"]
+    assert "fitted" in result.stages["regressor"]
+    assert np.array_equal(np.asarray(result.inpainted)[~mask], photo[~mask])
+
+
+def test_repo_id_loads_from_the_cache_offline(tiny_pipeline_dir, tmp_path, monkeypatch):
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    repo = tmp_path / "hub" / "models--someone--eyeglass3d"
+    commit = "0123456789abcdef0123456789abcdef01234567"
+    shutil.copytree(tiny_pipeline_dir, repo / "snapshots" / commit)
+    (repo / "refs").mkdir()
+    (repo / "refs" / "main").write_text(commit)
+    pipe = Eyeglass3DPipeline.from_pretrained("someone/eyeglass3d", cache_dir=tmp_path / "hub")
+    assert pipe.landmarker is not None
+
+
+def test_repo_id_offline_and_not_cached_fails_fast(tmp_path, monkeypatch):
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    started = time.perf_counter()
+    with pytest.raises(OSError, match="not in the Hugging Face cache"):
+        Eyeglass3DPipeline.from_pretrained("someone/not-downloaded", cache_dir=tmp_path)
+    assert time.perf_counter() - started < 1.0
