@@ -1,0 +1,88 @@
+"""The landmark training recipe: flips, batches, losses, and that a few steps learn."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import PIL.Image
+import pytest
+import torch
+
+from eyeglass3d.geometry.alignment import crop_matrix, invert_affine, transform_points
+from eyeglass3d.models.landmarker import FRONTAL_MEAN_LANDMARKS, LandmarkRegressor
+from eyeglass3d.training.datasets import FaceRecord
+from eyeglass3d.training.train_landmarker import (
+    FLIP_68,
+    landmark_loss,
+    make_batch,
+    normalised_mean_error,
+)
+
+EXAMPLES = Path(__file__).resolve().parent.parent / "examples"
+
+
+@pytest.fixture(scope="module")
+def records():
+    """Two real photos with plausible 68-point labels placed from five hand-read points."""
+    out = []
+    five = {
+        "astronaut.jpg": [[205, 108], [243, 106], [224, 128], [208, 148], [241, 147]],
+        "grace_hopper.jpg": [[226, 205], [304, 203], [268, 247], [234, 285], [297, 285]],
+    }
+    for name, points in five.items():
+        image = np.asarray(PIL.Image.open(EXAMPLES / name).convert("RGB"))
+        points5 = np.array(points, np.float64)
+        unit = np.array(FRONTAL_MEAN_LANDMARKS) + np.random.default_rng(0).normal(0, 0.01, (68, 2))
+        landmarks = transform_points(invert_affine(crop_matrix(points5, 1)), unit).astype(np.float32)
+        out.append(FaceRecord(image, landmarks, points5.astype(np.float32), np.zeros(128, np.float32), False))
+    return out
+
+
+def test_flip_permutation_is_an_involution_that_swaps_eyes():
+    assert sorted(FLIP_68) == list(range(68))
+    assert (FLIP_68[FLIP_68] == np.arange(68)).all()
+    assert FLIP_68[36] == 45 and FLIP_68[0] == 16 and FLIP_68[30] == 30 and FLIP_68[48] == 54
+
+
+def test_flipped_batch_keeps_points_on_the_same_features(records):
+    rng = np.random.default_rng(3)
+    images, targets, _ = make_batch(records, None, [0, 1] * 8, 64, rng, train=True, glasses_probability=0)
+    assert images.shape == (16, 3, 64, 64) and targets.shape == (16, 68, 2)
+    # After any flip the image-left eye is still on the left: index 36 stays left of 45.
+    assert (targets[:, 36, 0] < targets[:, 45, 0]).all()
+    assert ((targets > -0.2) & (targets < 1.2)).all()
+
+
+def test_nme_uses_the_outer_eye_corners():
+    target = np.zeros((68, 2))
+    target[45] = [10.0, 0.0]
+    predicted = target + [1.0, 0.0]
+    assert normalised_mean_error(predicted, target) == pytest.approx(0.1)
+
+
+def test_wing_loss_matches_its_formula():
+    predicted = torch.tensor([[[0.005, 0.0]], [[0.5, 0.0]]])
+    target = torch.zeros_like(predicted)
+    width, curvature = 0.01, 0.002
+    small = width * np.log1p(0.005 / curvature)
+    large = 0.5 - (width - width * np.log(1 + width / curvature))
+    assert landmark_loss(predicted, target, "wing").item() == pytest.approx((small + large) / 4, rel=1e-5)
+    assert landmark_loss(predicted, target, "l2").item() == pytest.approx((0.005**2 + 0.5**2) / 2, rel=1e-5)
+
+
+def test_a_few_training_steps_lower_the_loss(records):
+    torch.manual_seed(0)
+    model = LandmarkRegressor(input_size=64, variant="small", width_mult=0.5)
+    optimizer = torch.optim.Adam(model.parameters(), lr=3e-3)
+    images, targets, _ = make_batch(records, None, [0, 1, 0, 1], 64, np.random.default_rng(0), train=False,
+                                    glasses_probability=0)
+    targets = targets + 0.03  # away from the initial mean shape, so there is something to learn
+    losses = []
+    for _ in range(8):
+        loss = landmark_loss(model(images), targets, "l2")
+        optimizer.zero_grad()
+        loss.backward()
+        optimizer.step()
+        losses.append(loss.item())
+    assert losses[-1] < 0.5 * losses[0]
