@@ -7,6 +7,8 @@ Coordinates in and out are *unit crop coordinates*: 0..1 over the crop, x right,
 
 from __future__ import annotations
 
+import math
+
 import torch
 from diffusers import ConfigMixin, ModelMixin
 from diffusers.configuration_utils import register_to_config
@@ -45,13 +47,34 @@ class LandmarkRegressor(ModelMixin, ConfigMixin):
     """
 
     @register_to_config
-    def __init__(self, input_size: int = 128, variant: str = "large", width_mult: float = 1.0, num_points: int = 68):
+    def __init__(
+        self,
+        input_size: int = 128,
+        variant: str = "large",
+        width_mult: float = 1.0,
+        num_points: int = 68,
+        head: str = "pooled",
+        spatial_channels: int = 64,
+    ):
         super().__init__()
         if variant not in _BACKBONES:
             raise ValueError(f"variant must be one of {sorted(_BACKBONES)}, got {variant!r}")
+        if head not in ("pooled", "spatial"):
+            raise ValueError(f"head must be 'pooled' or 'spatial', got {head!r}")
         self.normalize = ImageNetNormalize()
         self.encoder = _BACKBONES[variant](width_mult=width_mult, num_classes=0)
-        self.offsets = nn.Linear(self.encoder.out_channels, num_points * 2)
+        head_inputs = self.encoder.out_channels
+        if head == "spatial":
+            # Global pooling throws away *where* features are; a squeezed copy of the last (stride-32)
+            # map keeps the layout, which is what coordinates are made of.
+            grid = math.ceil(input_size / 32)
+            self.squeeze = nn.Sequential(
+                nn.Conv2d(self.encoder.out_channels, spatial_channels, 1, bias=False),
+                nn.BatchNorm2d(spatial_channels),
+                nn.Hardswish(),
+            )
+            head_inputs += spatial_channels * grid * grid
+        self.offsets = nn.Linear(head_inputs, num_points * 2)
         nn.init.zeros_(self.offsets.weight)
         nn.init.zeros_(self.offsets.bias)
         if num_points == len(FRONTAL_MEAN_LANDMARKS):
@@ -62,7 +85,10 @@ class LandmarkRegressor(ModelMixin, ConfigMixin):
 
     def forward(self, images: torch.Tensor) -> torch.Tensor:
         """images (B, 3, S, S) RGB in [0, 1], S = config.input_size -> landmarks (B, P, 2) in unit crop coordinates."""
-        pooled = self.encoder(self.normalize(images))
-        offsets = self.offsets(pooled).view(-1, self.config.num_points, 2)
+        features = self.encoder.features(self.normalize(images))
+        head_inputs = features.mean((2, 3))
+        if self.config.head == "spatial":
+            head_inputs = torch.cat([head_inputs, self.squeeze(features).flatten(1)], 1)
+        offsets = self.offsets(head_inputs).view(-1, self.config.num_points, 2)
         # Sum in float32 even under bf16 autocast: bf16 would round the mean shape by up to 1/256 of the crop.
         return self.mean_landmarks + offsets.float()
