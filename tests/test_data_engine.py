@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import csv
 import importlib.util
 
 import numpy as np
@@ -12,7 +13,7 @@ from eyeglass3d.paths import data_root
 from eyeglass3d.training import label_faces
 from eyeglass3d.training.datasets import FaceRecords, canonical_crop, five_points_from_landmarks68
 from eyeglass3d.training.splits import (
-    SPLIT_NAMES, UTKFACE_SPLIT_CSV, assign_split, load_split, read_split_csv, write_split_csv,
+    SPLIT_NAMES, UTKFACE_SPLIT_CSV, assign_split, load_split, near_duplicate_groups, read_split_csv, write_split_csv,
 )
 
 UTKFACE_IMAGES = data_root() / "faces" / "utkface" / "images"
@@ -21,8 +22,16 @@ UTKFACE_IMAGES = data_root() / "faces" / "utkface" / "images"
 def test_split_is_stable_disjoint_and_80_10_10():
     recorded = read_split_csv()
     assert len(recorded) == 9780
-    # The CSV is exactly what the hash rule gives, so it can always be regenerated.
-    assert all(assign_split(file) == split for file, split in recorded.items())
+    # The CSV is exactly what the hash rule gives, so it can always be regenerated, and a group of
+    # near-duplicate photos never straddles two splits.
+    with open(UTKFACE_SPLIT_CSV, newline="") as handle:
+        rows = list(csv.DictReader(line for line in handle if not line.startswith("#")))
+    assert all(assign_split(row["group"] or row["file"]) == row["split"] for row in rows)
+    group_splits = {}
+    for row in rows:
+        if row["group"]:
+            group_splits.setdefault(row["group"], set()).add(row["split"])
+    assert len(group_splits) > 100 and all(len(splits) == 1 for splits in group_splits.values())
     assert assign_split("100_1_0_20170110183726390.jpg.chip.jpg") == "test"
     assert assign_split("100_1_2_20170105174847679.jpg.chip.jpg") == "train"
     splits = {name: set(load_split(name)) for name in SPLIT_NAMES}
@@ -41,8 +50,21 @@ def test_split_csv_round_trip_ignores_listing_order(tmp_path):
     write_split_csv(reversed(names), tmp_path / "b.csv")
     assert (tmp_path / "a.csv").read_text() == (tmp_path / "b.csv").read_text()
     assert read_split_csv(tmp_path / "a.csv") == {n: assign_split(n) for n in names}
+    # A group follows its key's split, whatever the members' own hashes say.
+    groups = {name: names[0] for name in names[:10]}
+    write_split_csv(names, tmp_path / "c.csv", groups)
+    assert {read_split_csv(tmp_path / "c.csv")[n] for n in names[:10]} == {assign_split(names[0])}
     with pytest.raises(ValueError):
         load_split("training", tmp_path / "a.csv")
+
+
+def test_near_duplicate_groups_join_close_descriptors_only():
+    rng = np.random.default_rng(3)
+    base = rng.normal(scale=0.1, size=(4, 128))
+    descriptors = np.concatenate([base, base[:2] + 0.001, base[:1] + 0.002])  # 0 has two copies, 1 has one
+    names = ["a", "b", "c", "d", "a2", "b2", "a3"]
+    groups = near_duplicate_groups(names, descriptors, max_distance=0.2)
+    assert groups == {"a": "a", "a2": "a", "a3": "a", "b": "b", "b2": "b"}
 
 
 def _fake_record(file: str, rng: np.random.Generator, *, mtcnn: bool = True, shift: float = 0.0) -> dict:

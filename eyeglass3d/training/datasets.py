@@ -5,8 +5,8 @@ A record is `(image, landmarks68_px, points5_px, descriptor, wears_glasses)`:
     image            (H, W, 3) uint8 RGB, the UTKFace crop as stored (200 x 200)
     landmarks68_px   (68, 2) float32, dlib's landmarks in image pixels
     points5_px       (5, 2) float32, our MTCNN detector's five points in image pixels (the crop
-                     networks see at inference is cut from these: `canonical_crop`); in a cache made
-                     without the MTCNN pass they are the same five points taken from the 68 landmarks
+                     networks see at inference is cut from these: `canonical_crop`); where MTCNN
+                     found no face (quality 0) or did not run, the same five points from the 68 landmarks
     descriptor       (128,) float32, dlib's identity descriptor of the (glasses-free or not) photo
     wears_glasses    bool, from `splits/utkface_glasses.csv`
 
@@ -93,7 +93,7 @@ class FaceRecords:
                 splits = read_split_csv(split_csv)
                 keep &= np.array([splits.get(str(f)) == split for f in labels["files"]])
             columns = {name: labels[name][keep] for name in
-                       ("files", "landmarks68", "points5", "descriptor", "quality", "mtcnn_ran")}
+                       ("files", "landmarks68", "points5", "descriptor", "quality")}
         worn = read_glasses_csv(glasses_csv) if glasses_csv is not None else {}
         wears = np.array([worn.get(str(f), (0.0, False))[1] for f in columns["files"]], bool)
         if glasses != "any":
@@ -102,8 +102,9 @@ class FaceRecords:
             wears = wears[chosen]
         self.files = [str(f) for f in columns["files"]]
         self.landmarks68_px = columns["landmarks68"]
+        has_points5 = np.isfinite(columns["points5"]).all(axis=(1, 2))
         self.points5_px = np.where(
-            columns["mtcnn_ran"][:, None, None], columns["points5"], five_points_from_landmarks68(self.landmarks68_px)
+            has_points5[:, None, None], columns["points5"], five_points_from_landmarks68(self.landmarks68_px)
         ).astype(np.float32)
         self.descriptors = columns["descriptor"]
         self.quality = columns["quality"]

@@ -21,6 +21,8 @@ from __future__ import annotations
 import argparse
 import logging
 import os
+import signal
+import sys
 import time
 from pathlib import Path
 
@@ -42,6 +44,10 @@ FIELDS = {  # name: (shape, dtype, fill when missing)
 # Mean distance between MTCNN's five points and the same points from dlib's 68, in inter-ocular
 # distances, above which the two teachers are taken to see different things and the file is dropped.
 MAX_DISAGREEMENT = 0.25
+# UTKFace crops are so tight that faces often touch the border, where MTCNN's pyramid cannot place
+# a window (it missed about 3 % of faces, mostly babies). Replicating a border of this fraction of
+# the image side finds three quarters of those and moves the others' points by about 2 pixels.
+MTCNN_PAD = 0.15
 LOG = logging.getLogger("eyeglass3d.label_faces")
 
 _teacher = None
@@ -77,9 +83,21 @@ def _label_one(job: tuple[str, dict | None]) -> dict:
             descriptor=label.descriptor,
         )
     if _detector is not None and not record.get("mtcnn_ran", False):
-        record.update(_mtcnn_fields(_detector.detect(image), record["dlib_box"]))
+        record.update(_mtcnn_fields(_detect_padded(_detector, image), record["dlib_box"]))
     record["file"] = os.path.basename(path)
     return record
+
+
+def _detect_padded(detector, image: np.ndarray) -> list:
+    """MTCNN on the image with a replicated border; boxes and points come back in the image's own pixels."""
+    import cv2
+
+    pad = int(round(MTCNN_PAD * max(image.shape[:2])))
+    detections = detector.detect(cv2.copyMakeBorder(image, pad, pad, pad, pad, cv2.BORDER_REPLICATE))
+    for detection in detections:
+        detection.box = detection.box - pad
+        detection.points = detection.points - pad
+    return detections
 
 
 def _mtcnn_fields(detections, reference_box: np.ndarray) -> dict:
@@ -196,12 +214,11 @@ def run(
         _init_worker(detector)
         results = map(_label_one, jobs)
     try:
-        for record in tqdm(results, total=len(jobs), desc="label_faces", mininterval=5):
+        for count, record in enumerate(tqdm(results, total=len(jobs), desc="label_faces", mininterval=5), 1):
             pending.append(record)
             if len(pending) >= chunk_size:
                 flush()
-                LOG.info("%d chunks written, %.3f s/image so far", next_chunk, (time.perf_counter() - start)
-                         / max(1, next_chunk * chunk_size))
+                LOG.info("%d / %d images, %.3f s/image", count, len(jobs), (time.perf_counter() - start) / count)
     finally:
         flush()
         if pool is not None:
@@ -235,6 +252,8 @@ def main(argv: list[str] | None = None) -> None:
         level=logging.INFO, format="%(asctime)s %(message)s",
         handlers=[logging.FileHandler(args.out.parent / "label_faces.log"), logging.StreamHandler()],
     )
+    # `kill` (SIGTERM) ends the run through the normal exit path, so the last partial chunk is kept.
+    signal.signal(signal.SIGTERM, lambda signum, frame: sys.exit(128 + signum))
     if args.merge_only:
         arrays = merge(args.out.with_name(args.out.stem + ".chunks"), args.out, args.max_disagreement)
         LOG.info("merged %d files; quality counts %s", len(arrays["files"]), np.bincount(arrays["quality"], minlength=3))
