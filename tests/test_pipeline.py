@@ -167,3 +167,18 @@ def test_repo_id_offline_and_not_cached_fails_fast(tmp_path, monkeypatch):
     with pytest.raises(OSError, match="not in the Hugging Face cache"):
         Eyeglass3DPipeline.from_pretrained("someone/not-downloaded", cache_dir=tmp_path)
     assert time.perf_counter() - started < 1.0
+
+
+@pytest.mark.parametrize("bad", [b"not an image at all", b"", b"\xff\xd8\xff\xe0" + b"\x00" * 64])
+def test_unreadable_input_is_a_clear_value_error(tiny_pipeline, bad):
+    from eyeglass3d import ImageInputError
+
+    with pytest.raises(ImageInputError):
+        tiny_pipeline.reconstruct(bad)
+
+
+def test_greyscale_and_rgba_photos_work(tiny_pipeline, photo):
+    grey = PIL.Image.fromarray(photo).convert("L")
+    rgba = PIL.Image.fromarray(photo).convert("RGBA")
+    for image in (grey, rgba):
+        assert tiny_pipeline.reconstruct(image).landmarks.shape == (68, 2)
