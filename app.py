@@ -1,8 +1,9 @@
 """eyeglass3d in the browser: one photo in; landmarks, parsing, glasses removal, a 3D face and downloads out.
 
 UI only: every result comes from `Eyeglass3DPipeline.reconstruct`. `build_demo(pipe, store)` makes the
-Blocks for any pipeline (the tests pass tiny random ones); running this file loads the shipped weights
-once and serves on http://127.0.0.1:7860 (or `GRADIO_SERVER_NAME` / `GRADIO_SERVER_PORT`).
+Blocks for any pipeline (the tests pass tiny random ones). Running this file serves the page on
+http://127.0.0.1:7860 (or `GRADIO_SERVER_NAME` / `GRADIO_SERVER_PORT`) first and then loads the shipped
+weights, once; a request that comes before they are loaded waits for them.
 
     GRADIO_ANALYTICS_ENABLED=False python app.py
 
@@ -20,9 +21,11 @@ STARTED = time.perf_counter()  # start-up is reported from here, before the heav
 os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")
 
 import hashlib
+import json
 import shutil
 import tempfile
 import zipfile
+from concurrent.futures import Future
 from pathlib import Path
 from urllib.parse import urlsplit, urlunsplit
 
@@ -68,7 +71,7 @@ STAGE_TITLES = {
 
 INTRO = """# eyeglass3d: a 3D face from one photo, eyeglasses removed first
 Face → 68 landmarks → face parsing with an *eyeglasses* class → glasses deleted and filled in → 3D morphable
-model → textured mesh ([Zhao & Qi, MMM 2022](https://doi.org/10.1007/978-3-030-98358-1_39)). Everything runs on
+model → textured mesh ([Zhao & Qi, MMM 2022](https://arxiv.org/abs/2412.19848)). Everything runs on
 CPU. The status under the 3D view says which stages ran a trained network and which a stand-in."""
 
 MASK_HELP = """Paint over the frames and lenses with the brush, erase what is not glasses, then re-run: the glasses are
@@ -90,7 +93,8 @@ def with_readable_upload_errors(image: gr.Image) -> gr.Image:
         except PIL.Image.DecompressionBombError as error:
             raise gr.Error("This image has too many pixels for the app. Use a smaller photo.") from error
         except (OSError, ValueError) as error:
-            raise gr.Error("This file is not an image the app can read. Use a JPEG, PNG or WebP photo.") from error
+            message = "This file is not an image the app can read. Use a JPEG, PNG or WebP photo."
+            raise gr.Error(message) from error
 
     image.preprocess = checked
     return image
@@ -100,7 +104,7 @@ class EyeglassApp:
     """The event handlers, separate from the layout so tests can call them with any pipeline."""
 
     def __init__(self, pipe, store: ResultStore, work_root: str | os.PathLike | None = None):
-        self.pipe = pipe
+        self._pipe = pipe  # an Eyeglass3DPipeline, or a Future of one while it loads in the background
         self.store = store
         self.work_root = Path(work_root or Path(tempfile.gettempdir()) / "eyeglass3d-app")
         self.work_root.mkdir(parents=True, exist_ok=True)
@@ -116,7 +120,9 @@ class EyeglassApp:
         mask = painted_mask(painted, rgb)
         return self._run(photo, mask, True, progress, with_editor=False, rgb=rgb)
 
-    def share(self, photo, landmarks_view, parsing_view, before_after, model_3d, downloads, status, request: gr.Request = None):
+    def share(
+        self, photo, landmarks_view, parsing_view, before_after, model_3d, downloads, status, request: gr.Request = None
+    ):
         """Store what is on screen under a new unguessable id; returns the link that reopens it."""
         if not model_3d or not before_after or not parsing_view or not landmarks_view or photo is None:
             raise gr.Error("Reconstruct a photo first, then share the result.")
@@ -137,6 +143,7 @@ class EyeglassApp:
             name = Path(path).name
             if name in DOWNLOAD_NAMES:
                 files[name] = path
+        check_shared_files(files)
         try:
             result_id = self.store.save(
                 files=files, images=images, metadata={"status": str(status or ""), "parsing_labels": labels}
@@ -162,7 +169,8 @@ class EyeglassApp:
         parsing = (str(_named(files, "parsing")), masks)
         before, after = str(_named(files, "before")), str(_named(files, "after"))
         eyeglasses = [mask for mask, label in masks if label == "eyeglasses"]
-        editor = editor_value(np.asarray(PIL.Image.open(before).convert("RGB")), eyeglasses[0] > 0 if eyeglasses else None)
+        before_rgb = np.asarray(PIL.Image.open(before).convert("RGB"))
+        editor = editor_value(before_rgb, eyeglasses[0] > 0 if eyeglasses else None)
         downloads = [str(files[name]) for name in DOWNLOAD_NAMES if name in files]
         status = "*Opened from a share link.*\n\n" + metadata.get("status", "")
         return (
@@ -193,9 +201,10 @@ class EyeglassApp:
         started = time.perf_counter()
         progress(0.0, desc="Reading the photo")
         rgb = self._load(photo) if rgb is None else rgb
+        pipe = self._pipeline(progress)
         progress(0.05, desc="Face, landmarks, glasses mask, glasses removal and 3D fit")
         try:
-            out = self.pipe.reconstruct(rgb, glasses_mask=glasses_mask, remove_glasses=remove_glasses)
+            out = pipe.reconstruct(rgb, glasses_mask=glasses_mask, remove_glasses=remove_glasses)
         except FaceNotFoundError as error:
             raise gr.Error(str(error)) from error
         except ValueError as error:
@@ -218,13 +227,16 @@ class EyeglassApp:
         landmarks_view = _shrink(draw_landmarks(rgb, out.landmarks))
         parsing = _shrink(out.parsing, nearest=True)
         mask_view = _shrink(out.glasses_mask.astype(np.uint8), nearest=True) > 0
-        annotations = [
-            (mask_view.astype(np.float32) if label == "eyeglasses" else (parsing == index).astype(np.float32) * 0.6, label)
+        annotations = [  # face parts half see-through, the glasses mask (what removal replaces) opaque
+            (mask_view.astype(np.float32), label)
+            if label == "eyeglasses"
+            else ((parsing == index).astype(np.float32) * 0.6, label)
             for index, label in enumerate(out.parsing_labels)
             if label != "background" and (label == "eyeglasses" or (parsing == index).any())
         ]
         inpainted_view = _shrink(np.asarray(out.inpainted))
-        status = describe_result(out, remove_glasses, time.perf_counter() - started, hand_painted=glasses_mask is not None)
+        seconds = time.perf_counter() - started
+        status = describe_result(out, remove_glasses, seconds, hand_painted=glasses_mask is not None)
 
         outputs = (
             landmarks_view,
@@ -240,8 +252,19 @@ class EyeglassApp:
         progress(1.0, desc="Done")
         return outputs
 
+    def _pipeline(self, progress):
+        """The pipeline; a request that arrives while it still loads waits for it."""
+        if not isinstance(self._pipe, Future):
+            return self._pipe
+        if not self._pipe.done():
+            progress(0.02, desc="Loading the models (only right after the app starts)")
+        try:
+            return self._pipe.result()
+        except Exception as error:
+            raise gr.Error(f"The models could not be loaded: {error}") from error
+
     def _fresh_work_folder(self) -> Path:
-        """A new folder for one request's files; folders older than `WORK_MAX_AGE_S` go (Gradio has copied them)."""
+        """A new folder for one request's files; older ones go (Gradio copies them into its cache at once)."""
         now = time.time()
         for folder in self.work_root.glob("run-*"):
             try:
@@ -254,16 +277,14 @@ class EyeglassApp:
 
 # ---------------------------------------------------------------------- pure helpers
 def describe_result(out, remove_glasses: bool, seconds: float, hand_painted: bool = False) -> str:
-    """One honest line per stage: the trained network, or which stand-in ran because no network is shipped."""
+    """One honest line per stage: "network", or the stand-in that ran because no network is shipped."""
     glasses_pixels = int(np.count_nonzero(out.glasses_mask))
     lines = [f"**Face found** (confidence {out.score:.2f}) in {seconds:.1f} s."]
     for stage, title in STAGE_TITLES.items():
         how = out.stages.get(stage)
         if how is None:
             continue
-        if how == "network":
-            how = "network"
-        elif how == "skipped":
+        if how == "skipped":
             if not remove_glasses:
                 how = "off (glasses kept, as asked)"
             elif glasses_pixels == 0:
@@ -283,7 +304,8 @@ def editor_value(photo_rgb: np.ndarray, mask: np.ndarray | None) -> dict:
     """
     x0, y0, width, height = editor_frame(photo_rgb.shape[:2])
     background = np.full((EDITOR_SIDE, EDITOR_SIDE, 3), EDITOR_PAD_RGB, np.uint8)
-    background[y0 : y0 + height, x0 : x0 + width] = cv2.resize(photo_rgb, (width, height), interpolation=cv2.INTER_AREA)
+    fitted_photo = cv2.resize(photo_rgb, (width, height), interpolation=cv2.INTER_AREA)
+    background[y0 : y0 + height, x0 : x0 + width] = fitted_photo
     layer = np.zeros((EDITOR_SIDE, EDITOR_SIDE, 4), np.uint8)
     if mask is not None:
         fitted = _resize_mask(mask, (width, height))
@@ -319,7 +341,7 @@ def painted_mask(painted, photo_rgb: np.ndarray) -> np.ndarray:
         mask |= _to_canvas(paint.astype(np.uint8), nearest=True) > 0
     mask = mask[y0 : y0 + height, x0 : x0 + width]
     if not mask.any():
-        raise gr.Error("The mask is empty. Paint over the glasses first (or press Reconstruct to use the app's mask).")
+        raise gr.Error("The mask is empty. Paint over the glasses first, or press Reconstruct to use the app's mask.")
     photo_height, photo_width = photo_rgb.shape[:2]
     return _resize_mask(mask, (photo_width, photo_height))
 
@@ -334,6 +356,26 @@ def _to_canvas(image: np.ndarray, nearest: bool = False) -> np.ndarray:
         return image
     interpolation = cv2.INTER_NEAREST if nearest else cv2.INTER_AREA
     return cv2.resize(image, (EDITOR_SIDE, EDITOR_SIDE), interpolation=interpolation)
+
+
+def check_shared_files(files: dict) -> None:
+    """Only what the app itself shows may be stored for others: images that decode, a GLB, a zip, JSON."""
+    for name, path in files.items():
+        suffix = Path(name).suffix
+        try:
+            if suffix in (".png", ".jpg", ".jpeg", ".webp"):
+                with PIL.Image.open(path) as image:
+                    image.verify()
+            elif suffix == ".glb":
+                if Path(path).read_bytes()[:4] != b"glTF":
+                    raise ValueError("not a GLB file")
+            elif suffix == ".zip":
+                if not zipfile.is_zipfile(path):
+                    raise ValueError("not a zip file")
+            elif suffix == ".json":
+                json.loads(Path(path).read_text())
+        except (OSError, ValueError, SyntaxError) as error:
+            raise gr.Error(f"This result cannot be shared: {name} is damaged or of the wrong kind.") from error
 
 
 def share_link(request, result_id: str) -> str:
@@ -372,7 +414,7 @@ def _named(files: dict[str, Path], stem: str) -> Path:
 
 # ---------------------------------------------------------------------- layout
 def build_demo(pipe, store: ResultStore, work_root: str | os.PathLike | None = None) -> gr.Blocks:
-    """The Blocks for `pipe`; results are shared through `store`. Handlers are `demo.eyeglass_app`."""
+    """The Blocks for `pipe` (a pipeline, or a Future of one); results are shared through `store`."""
     from eyeglass3d.geometry.face_regions import PARSING_LABELS
 
     app = EyeglassApp(pipe, store, work_root)
@@ -476,20 +518,17 @@ def build_demo(pipe, store: ResultStore, work_root: str | os.PathLike | None = N
 
         run_button.click(app.reconstruct, [photo, remove_glasses], views + [mask_editor], api_name="reconstruct")
         rerun_button.click(app.rerun_with_mask, [photo, mask_editor], views, api_name="rerun_with_mask")
+        light = {"concurrency_limit": 4, "concurrency_id": "light"}  # quick file work, beside reconstructions
         share_button.click(
             app.share,
             [photo, landmarks_view, parsing_view, before_after, model_3d, downloads, status],
             [link_box],
             api_name="share",
-            concurrency_limit=4,
-            concurrency_id="light",
+            **light,
         )
         opened = [photo] + views + [mask_editor]
-        result_id_box.submit(
-            app.open_result, [result_id_box], opened, api_name="open_result", concurrency_limit=4, concurrency_id="light"
-        )
-        demo.load(app.open_from_link, None, opened, api_visibility="undocumented", concurrency_limit=4, concurrency_id="light")
-    demo.eyeglass_app = app
+        result_id_box.submit(app.open_result, [result_id_box], opened, api_name="open_result", **light)
+        demo.load(app.open_from_link, None, opened, api_visibility="undocumented", **light)
     return demo
 
 
@@ -497,15 +536,23 @@ def examples_cache_folder(weights) -> Path:
     """Cached examples belong to one set of weights: a new landmark network must not show old results."""
     digest = hashlib.sha256()
     folder = Path(weights)
-    for path in sorted(folder.glob("*/config.json")) + sorted(folder.glob("*/*.safetensors")) + [folder / "model_index.json"]:
+    component_files = sorted(folder.glob("*/config.json")) + sorted(folder.glob("*/*.safetensors"))
+    for path in [folder / "model_index.json", *component_files]:
         if path.is_file():
             stat = path.stat()
             digest.update(f"{path.relative_to(folder)}:{stat.st_size}:{stat.st_mtime_ns}".encode())
     return APP_ROOT / ".gradio" / "cached_examples" / digest.hexdigest()[:12]
 
 
-def launch(demo: gr.Blocks, store: ResultStore, *, server_name: str = "127.0.0.1", server_port: int = 7860,
-           concurrency: int = 1, prevent_thread_lock: bool = False):
+def launch(
+    demo: gr.Blocks,
+    store: ResultStore,
+    *,
+    server_name: str = "127.0.0.1",
+    server_port: int = 7860,
+    concurrency: int = 1,
+    prevent_thread_lock: bool = False,
+):
     """Queue and serve `demo`: `concurrency` reconstructions at once, the rest wait in line (up to
     `QUEUE_MAX_SIZE`); uploads over `MAX_UPLOAD` are refused before they reach a handler."""
     demo.queue(default_concurrency_limit=concurrency, max_size=QUEUE_MAX_SIZE)
@@ -519,19 +566,21 @@ def launch(demo: gr.Blocks, store: ResultStore, *, server_name: str = "127.0.0.1
 
 
 def main() -> None:
-    import torch
+    """Serve the page first, then load the pipeline (torch, diffusers, weights), once.
 
-    from eyeglass3d import Eyeglass3DPipeline
+    Requests that arrive while it loads wait for it; if it cannot be loaded the app stops with that
+    error rather than serve a page that cannot work.
+    """
     from eyeglass3d.paths import default_weights
 
     weights = os.environ.get("EYEGLASS3D_WEIGHTS") or default_weights()
     if Path(weights).is_dir():
         os.environ.setdefault("GRADIO_EXAMPLES_CACHE", str(examples_cache_folder(weights)))
-    pipe = Eyeglass3DPipeline.from_pretrained(weights)
-    store = ResultStore(os.environ.get("EYEGLASS3D_SHARE_DIR") or APP_ROOT / "share_store", SHARE_MAX_BYTES, SHARE_MAX_AGE_S)
     concurrency = max(1, int(os.environ.get("EYEGLASS3D_CONCURRENCY", "1")))
-    torch.set_num_threads(max(1, (os.cpu_count() or 1) // concurrency))  # the cores are shared by the workers
-    demo = build_demo(pipe, store)
+    share_dir = os.environ.get("EYEGLASS3D_SHARE_DIR") or APP_ROOT / "share_store"
+    store = ResultStore(share_dir, SHARE_MAX_BYTES, SHARE_MAX_AGE_S)
+    pipeline: Future = Future()
+    demo = build_demo(pipeline, store)
     launch(
         demo,
         store,
@@ -541,6 +590,18 @@ def main() -> None:
         prevent_thread_lock=True,
     )
     print(f"eyeglass3d app ready in {time.perf_counter() - STARTED:.1f} s", flush=True)
+    try:
+        import torch
+
+        from eyeglass3d import Eyeglass3DPipeline
+
+        torch.set_num_threads(max(1, (os.cpu_count() or 1) // concurrency))  # the workers share the cores
+        pipeline.set_result(Eyeglass3DPipeline.from_pretrained(weights))
+    except BaseException as error:
+        pipeline.set_exception(error)
+        demo.close()
+        raise
+    print(f"eyeglass3d pipeline loaded in {time.perf_counter() - STARTED:.1f} s", flush=True)
     demo.block_thread()
 
 

@@ -90,7 +90,7 @@ class ResultStore:
         for name in images:
             if Path(name).suffix not in IMAGE_FORMATS:
                 raise ValueError(f"{name}: images are stored as " + ", ".join(sorted(IMAGE_FORMATS)))
-        metadata_json = json.dumps(dict(metadata or {}))
+        metadata = json.loads(json.dumps(dict(metadata or {})))  # JSON-serialisable, checked before any write
 
         result_id = secrets.token_urlsafe(16)
         staging = self.root / f"{STAGING_PREFIX}{result_id}"
@@ -103,7 +103,7 @@ class ResultStore:
             size = sum(path.stat().st_size for path in staging.iterdir())
             if size > self.max_bytes:
                 raise ValueError(f"the result is {size} bytes, more than the store holds ({self.max_bytes})")
-            manifest = {"created": time.time(), "bytes": size, "files": sorted(names), "metadata": json.loads(metadata_json)}
+            manifest = {"created": time.time(), "bytes": size, "files": sorted(names), "metadata": metadata}
             (staging / MANIFEST_NAME).write_text(json.dumps(manifest))
             staging.rename(self.root / result_id)
         except BaseException:
@@ -160,7 +160,8 @@ class ResultStore:
                 continue
             try:
                 manifest = json.loads((folder / MANIFEST_NAME).read_text())
-                entries.append({"id": folder.name, "created": float(manifest["created"]), "bytes": int(manifest["bytes"])})
+                created, size = float(manifest["created"]), int(manifest["bytes"])
+                entries.append({"id": folder.name, "created": created, "bytes": size})
             except (OSError, ValueError, KeyError):
                 # Being renamed into place or deleted right now, or damaged: age it by its folder.
                 if folder.is_dir():

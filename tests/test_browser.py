@@ -36,7 +36,10 @@ WAIT_S = 120
 
 selenium = pytest.importorskip("selenium", reason="selenium is not installed")
 if CHROMIUM is None or CHROMEDRIVER is None:
-    pytest.skip("chromium and chromedriver are not installed (apt-get install chromium chromium-driver)", allow_module_level=True)
+    pytest.skip(
+        "chromium and chromedriver are not installed (apt-get install chromium chromium-driver)",
+        allow_module_level=True,
+    )
 
 from selenium import webdriver  # noqa: E402
 from selenium.webdriver.chrome.service import Service  # noqa: E402

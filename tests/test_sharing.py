@@ -84,7 +84,8 @@ def test_ids_cannot_reach_outside_the_store(tmp_path):
     store = ResultStore(tmp_path / "store")
     outside = tmp_path / ("b" * 22)
     outside.mkdir()
-    (outside / "manifest.json").write_text(json.dumps({"created": time.time(), "bytes": 1, "files": [], "metadata": {}}))
+    manifest = {"created": time.time(), "bytes": 1, "files": [], "metadata": {}}
+    (outside / "manifest.json").write_text(json.dumps(manifest))
     with pytest.raises(ResultNotFound):
         store.load("../" + "b" * 22)
     with pytest.raises(ResultNotFound):
