@@ -277,6 +277,7 @@ def test_client_real_call_on_an_example(server):
 
 @pytest.mark.slow
 def test_client_bad_inputs_get_messages_and_the_server_keeps_answering(server, tmp_path):
+    import httpx
     from gradio_client import handle_file
     from gradio_client.exceptions import AppError
 
@@ -295,6 +296,13 @@ def test_client_bad_inputs_get_messages_and_the_server_keeps_answering(server, t
     _still_answers(server)
     with pytest.raises(AppError, match="limit is"):
         server.client.predict(handle_file(str(huge)), True, api_name="/reconstruct")
+    _still_answers(server)
+
+    too_big = tmp_path / "too_big.jpg"
+    too_big.write_bytes(bytes(26 * 1024 * 1024))  # over MAX_UPLOAD: refused at upload, before any handler
+    with too_big.open("rb") as upload:
+        response = httpx.post(server.url + "gradio_api/upload", files={"files": ("too_big.jpg", upload)}, timeout=60)
+    assert response.status_code == 413 and "maximum allowed size" in response.text
     _still_answers(server)
 
 
