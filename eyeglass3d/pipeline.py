@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 import os
 import time
+from importlib import import_module
 from pathlib import Path
 
 import cv2
@@ -24,6 +25,9 @@ from .geometry.face_regions import PARSING_LABELS, parsing_from_landmarks
 from .image_io import fit_within, load_image
 from .outputs import ReconstructionOutput
 
+COMPONENT_MODULES = tuple(
+    f"eyeglass3d.models.{name}" for name in ("detector", "landmarker", "face_model", "parser", "inpainter", "regressor")
+)
 REQUIRED_COMPONENTS = ("detector", "landmarker", "face_model")
 OPTIONAL_COMPONENTS = ("parser", "inpainter", "regressor")
 DETECTION_MAX_SIDE = 1280
@@ -121,6 +125,10 @@ class Eyeglass3DPipeline(DiffusionPipeline):
             local_files_only=kwargs.pop("local_files_only", None),
         )
         check_model_folder(folder)
+        # diffusers resolves ["eyeglass3d.models.<module>", "<Class>"] entries only for modules already
+        # imported; the package exports them lazily, so import them here.
+        for module in COMPONENT_MODULES:
+            import_module(module)
         pipe = super().from_pretrained(folder, **kwargs)
         # Weights ship in fp16 to keep the repo small; CPU inference runs in fp32 (and bf16 autocast).
         for name in REQUIRED_COMPONENTS + OPTIONAL_COMPONENTS:

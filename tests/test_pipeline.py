@@ -182,3 +182,18 @@ def test_greyscale_and_rgba_photos_work(tiny_pipeline, photo):
     rgba = PIL.Image.fromarray(photo).convert("RGBA")
     for image in (grey, rgba):
         assert tiny_pipeline.reconstruct(image).landmarks.shape == (68, 2)
+
+
+def test_loads_in_a_fresh_process(tiny_pipeline_dir):
+    """diffusers needs the component modules imported; a new interpreter has imported nothing."""
+    import subprocess
+    import sys
+
+    code = (
+        "import sys; from eyeglass3d import Eyeglass3DPipeline; "
+        f"pipe = Eyeglass3DPipeline.from_pretrained({str(tiny_pipeline_dir)!r}); "
+        "print(type(pipe.landmarker).__name__)"
+    )
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert "LandmarkRegressor" in result.stdout
