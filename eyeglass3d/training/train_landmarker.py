@@ -4,7 +4,7 @@ Inputs are real UTKFace faces wearing synthetic glasses (or none); targets are d
 *clean* face, so the network learns where the eyes are behind any frame or dark lens. The crop is the
 pipeline's own canonical crop, with the five points jittered like a detector would.
 
-    python -m eyeglass3d.training.train_landmarker --out runs/landmarker [--epochs 30] [--resume]
+    python -m eyeglass3d.training.train_landmarker --out runs/landmarker [--epochs 28] [--resume]
 
 Resumable (runs/<name>/last/ holds model, optimiser, schedule, epoch), tqdm progress, log in
 runs/<name>/train.log; the best validation checkpoint is saved with `save_pretrained` in
@@ -108,7 +108,7 @@ def photometric(image: np.ndarray, rng: np.random.Generator) -> np.ndarray:
     return out
 
 
-def make_batch(records, versions, indices, size, rng, *, train: bool, glasses_probability: float):
+def make_batch(records, versions, indices, size, rng, *, train: bool, glasses_probability: float, jitter: float = 0.5):
     """Crops (B,3,S,S) float and targets (B,68,2) unit crop coordinates, plus which inputs wear glasses."""
     images, targets, worn = [], [], []
     for index in indices:
@@ -122,7 +122,7 @@ def make_batch(records, versions, indices, size, rng, *, train: bool, glasses_pr
                 image = image[:, ::-1]
                 landmarks = landmarks[FLIP_68] * [-1, 1] + [width - 1, 0]
                 points5 = points5[FLIP_5] * [-1, 1] + [width - 1, 0]
-            points5 = jitter_points(points5, rng, 1.0)
+            points5 = jitter_points(points5, rng, jitter)
         matrix = crop_matrix(points5, size)
         crop = warp_crop(np.ascontiguousarray(image), matrix, size)
         if train:
@@ -164,15 +164,16 @@ def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--out", type=Path, default=REPO_ROOT / "runs" / "landmarker")
     parser.add_argument("--labels", type=Path, default=REPO_ROOT / "cache" / "utkface_labels.npz")
-    parser.add_argument("--input-size", type=int, default=128)
-    parser.add_argument("--variant", default="large", choices=["large", "small"])
+    parser.add_argument("--input-size", type=int, default=112)
+    parser.add_argument("--variant", default="small", choices=["large", "small"])
     parser.add_argument("--width-mult", type=float, default=1.0)
     parser.add_argument("--head", default="spatial", choices=["pooled", "spatial"])
-    parser.add_argument("--epochs", type=int, default=30)
-    parser.add_argument("--batch-size", type=int, default=64)
-    parser.add_argument("--lr", type=float, default=2e-3)
+    parser.add_argument("--epochs", type=int, default=28)
+    parser.add_argument("--batch-size", type=int, default=32)
+    parser.add_argument("--lr", type=float, default=1e-3)
     parser.add_argument("--loss", default="wing", choices=["l2", "wing"])
-    parser.add_argument("--glasses-probability", type=float, default=0.7)
+    parser.add_argument("--glasses-probability", type=float, default=0.6)
+    parser.add_argument("--jitter", type=float, default=0.5, help="detector-noise strength (1 = 7 deg, 6 %% scale, 5 %% shift)")
     parser.add_argument("--glasses-copies", type=int, default=2)
     parser.add_argument("--limit", type=int, default=0, help="use only the first N training faces (smoke tests)")
     parser.add_argument("--threads", type=int, default=2)
@@ -241,7 +242,7 @@ def main(argv: list[str] | None = None) -> None:
         for step in bar:
             indices = order[step * args.batch_size:(step + 1) * args.batch_size]
             images, targets, _ = make_batch(train, train_versions, indices, args.input_size, rng, train=True,
-                                            glasses_probability=args.glasses_probability)
+                                            glasses_probability=args.glasses_probability, jitter=args.jitter)
             with torch.autocast("cpu", dtype=torch.bfloat16, enabled=args.bf16):
                 predicted = model(images)
             loss = landmark_loss(predicted.float(), targets, args.loss)
