@@ -1,0 +1,43 @@
+"""Integration: the weights in weights_card/ on the real example photos."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import PIL.Image
+import pytest
+
+from eyeglass3d import Eyeglass3DPipeline
+
+REPO_ROOT = Path(__file__).resolve().parent.parent
+pytestmark = pytest.mark.integration
+
+
+@pytest.fixture(scope="module")
+def pipe():
+    return Eyeglass3DPipeline.from_pretrained(REPO_ROOT / "weights_card")
+
+
+@pytest.mark.parametrize("name", ["grace_hopper.jpg", "astronaut.jpg"])
+def test_eye_landmarks_sit_on_the_detected_eyes(pipe, name):
+    photo = np.asarray(PIL.Image.open(REPO_ROOT / "examples" / name).convert("RGB"))
+    detection = pipe.detector.detect(photo)[0]
+    out = pipe.reconstruct(photo)
+    eye_distance = np.linalg.norm(detection.points[1] - detection.points[0])
+    for points, eye in ((out.landmarks[36:42], detection.points[0]), (out.landmarks[42:48], detection.points[1])):
+        assert np.linalg.norm(points.mean(0) - eye) < 0.2 * eye_distance
+        # every contour point of the eye is near the eye, not spread over the face
+        assert np.linalg.norm(points - eye, axis=1).max() < 0.45 * eye_distance
+    # chin below the mouth below the nose below the eyes (upright photos)
+    assert out.landmarks[8, 1] > out.landmarks[57, 1] > out.landmarks[33, 1] > out.landmarks[36:48, 1].mean()
+
+
+def test_reconstruction_is_a_face_sized_textured_head(pipe, tmp_path):
+    out = pipe.reconstruct(REPO_ROOT / "examples" / "astronaut.jpg")
+    assert out.stages["landmarker"] == "network"
+    width = out.mesh.extents[0]
+    assert 0.12 < width < 0.3, f"head width {width:.3f} m"
+    texture = np.asarray(out.mesh.visual.material.baseColorTexture)
+    assert texture.std() > 5, "the texture carries the photo, not a flat colour"
+    assert out.export(tmp_path / "astronaut.glb")[0].stat().st_size > 100_000
