@@ -59,6 +59,15 @@ VIEW_NAMES = ("landmarks", "parsing", "before_after", "model_3d", "downloads", "
 RUN_OUTPUT_NAMES = VIEW_NAMES + ("mask_editor",)
 RERUN_OUTPUT_NAMES = VIEW_NAMES
 OPEN_OUTPUT_NAMES = ("photo",) + VIEW_NAMES + ("mask_editor",)
+# Where each pipeline stage sits on the progress bar, and what it tells the user.
+STAGE_PROGRESS = {
+    "detect": (0.05, "Finding the face"),
+    "landmarks": (0.15, "Placing 68 landmarks"),
+    "parse": (0.2, "Finding the glasses"),
+    "inpaint": (0.25, "Removing the glasses"),
+    "regress": (0.3, "Fitting the 3D face"),
+    "mesh": (0.35, "Texturing the 3D face"),
+}
 DOWNLOAD_NAMES = ("eyeglass3d_face.glb", "eyeglass3d_face_obj.zip", "eyeglass3d_coefficients.json")
 
 STAGE_TITLES = {
@@ -202,9 +211,11 @@ class EyeglassApp:
         progress(0.0, desc="Reading the photo")
         rgb = self._load(photo) if rgb is None else rgb
         pipe = self._pipeline(progress)
-        progress(0.05, desc="Face, landmarks, glasses mask, glasses removal and 3D fit")
         try:
-            out = pipe.reconstruct(rgb, glasses_mask=glasses_mask, remove_glasses=remove_glasses)
+            out = pipe.reconstruct(
+                rgb, glasses_mask=glasses_mask, remove_glasses=remove_glasses,
+                on_stage=lambda stage: progress(STAGE_PROGRESS[stage][0], desc=STAGE_PROGRESS[stage][1]),
+            )
         except FaceNotFoundError as error:
             raise gr.Error(str(error)) from error
         except ValueError as error:

@@ -148,16 +148,21 @@ class Eyeglass3DPipeline(DiffusionPipeline):
         glasses_mask: np.ndarray | None = None,
         remove_glasses: bool = True,
         all_faces: bool = False,
+        on_stage=None,
     ):
         """Reconstruct the largest face (or every face with `all_faces=True`, giving a list).
 
         image: PIL image, HxWx3 uint8 RGB array, path or bytes; a list gives a list of results.
         glasses_mask: (H, W) bool in input pixels, overriding the parser (e.g. painted by hand).
         remove_glasses: False keeps the photo as is (no deletion, no inpainting).
+        on_stage: called with each stage's name ("detect", "landmarks", "parse", "inpaint", "regress",
+            "mesh") as it starts, so a UI can show real progress.
         """
         if isinstance(image, (list, tuple)):
-            return [self.reconstruct(item, glasses_mask, remove_glasses, all_faces) for item in image]
+            return [self.reconstruct(item, glasses_mask, remove_glasses, all_faces, on_stage) for item in image]
+        report = on_stage or (lambda stage: None)
         timings: dict[str, float] = {}
+        report("detect")
         clock = time.perf_counter()
         rgb = load_image(image)
         user_mask = self._check_mask(glasses_mask, rgb.shape[:2])
@@ -167,7 +172,8 @@ class Eyeglass3DPipeline(DiffusionPipeline):
             raise FaceNotFoundError("No face found in the image. Use a photo where one face is clearly visible.")
         chosen = detections if all_faces else detections[:1]
         results = [
-            self._reconstruct_face(rgb, detection, user_mask, remove_glasses, dict(timings)) for detection in chosen
+            self._reconstruct_face(rgb, detection, user_mask, remove_glasses, dict(timings), report)
+            for detection in chosen
         ]
         return results if all_faces else results[0]
 
@@ -191,16 +197,18 @@ class Eyeglass3DPipeline(DiffusionPipeline):
             detection.points = (detection.points * scale).astype(np.float32)
         return detections
 
-    def _reconstruct_face(self, rgb, detection, user_mask, remove_glasses, timings) -> ReconstructionOutput:
+    def _reconstruct_face(self, rgb, detection, user_mask, remove_glasses, timings, report) -> ReconstructionOutput:
         height, width = rgb.shape[:2]
         stages: dict[str, str] = {"detector": "network"}
         points5 = detection.points.astype(np.float64)
 
+        report("landmarks")
         clock = time.perf_counter()
         landmarks_px = self._landmarks(rgb, points5)
         stages["landmarker"] = "network"
         timings["landmarks"] = (time.perf_counter() - clock) * 1e3
 
+        report("parse")
         clock = time.perf_counter()
         parsing, predicted_mask, stages["parser"] = self._parse(rgb, points5, landmarks_px)
         if user_mask is not None:
@@ -211,6 +219,7 @@ class Eyeglass3DPipeline(DiffusionPipeline):
         parsing[glasses_mask] = PARSING_LABELS.index("eyeglasses")
         timings["parse"] = (time.perf_counter() - clock) * 1e3
 
+        report("inpaint")
         clock = time.perf_counter()
         if remove_glasses and glasses_mask.any():
             inpainted, stages["inpainter"] = self._inpaint(rgb, points5, landmarks_px, glasses_mask)
@@ -218,10 +227,12 @@ class Eyeglass3DPipeline(DiffusionPipeline):
             inpainted, stages["inpainter"] = rgb, "skipped"
         timings["inpaint"] = (time.perf_counter() - clock) * 1e3
 
+        report("regress")
         clock = time.perf_counter()
         coefficients, stages["regressor"] = self._regress(inpainted, points5, landmarks_px)
         timings["regress"] = (time.perf_counter() - clock) * 1e3
 
+        report("mesh")
         clock = time.perf_counter()
         mesh = self._textured_mesh(inpainted, points5, coefficients)
         timings["mesh"] = (time.perf_counter() - clock) * 1e3

@@ -197,3 +197,9 @@ def test_loads_in_a_fresh_process(tiny_pipeline_dir):
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
     assert result.returncode == 0, result.stderr[-2000:]
     assert "LandmarkRegressor" in result.stdout
+
+
+def test_stages_are_reported_in_order(tiny_pipeline, photo):
+    seen = []
+    tiny_pipeline.reconstruct(photo, on_stage=seen.append)
+    assert seen == ["detect", "landmarks", "parse", "inpaint", "regress", "mesh"]
