@@ -130,7 +130,7 @@ class Eyeglass3DPipeline(DiffusionPipeline):
         for module in COMPONENT_MODULES:
             import_module(module)
         pipe = super().from_pretrained(folder, **kwargs)
-        # Weights ship in fp16 to keep the repo small; CPU inference runs in fp32 (and bf16 autocast).
+        # Weights ship in fp16 to keep the repo small; CPU inference runs in fp32.
         for name in REQUIRED_COMPONENTS + OPTIONAL_COMPONENTS:
             module = getattr(pipe, name, None)
             if module is not None:
