@@ -108,6 +108,32 @@ def test_chunks_resume_and_later_passes_win(tmp_path):
     np.testing.assert_array_equal(merged["points5"][1], later["points5"])
 
 
+def test_mtcnn_pass_pads_the_image_and_maps_points_back():
+    from eyeglass3d.models.detector import FaceDetection
+
+    seen = {}
+
+    class CentreDetector:
+        """Reports one face at the centre of whatever image it gets."""
+
+        def detect(self, image):
+            seen["shape"] = image.shape
+            h, w = image.shape[:2]
+            points = np.array([[w / 2 - 20, h / 2], [w / 2 + 20, h / 2], [w / 2, h / 2 + 15],
+                               [w / 2 - 15, h / 2 + 30], [w / 2 + 15, h / 2 + 30]], np.float32)
+            return [FaceDetection(box=np.array([w / 2 - 50, h / 2 - 50, w / 2 + 50, h / 2 + 50], np.float32),
+                                  score=0.99, points=points)]
+
+    image = np.zeros((200, 200, 3), np.uint8)
+    detections = label_faces._detect_padded(CentreDetector(), image)
+    pad = round(label_faces.MTCNN_PAD * 200)
+    assert seen["shape"] == (200 + 2 * pad, 200 + 2 * pad, 3)
+    np.testing.assert_allclose(detections[0].box, [50, 50, 150, 150])
+    np.testing.assert_allclose(detections[0].points[0], [80, 100])
+    fields = label_faces._mtcnn_fields(detections, np.array([15, 15, 194, 194], np.float32))
+    assert fields["mtcnn_ran"] and fields["mtcnn_faces"] == 1 and fields["points5"].shape == (5, 2)
+
+
 @pytest.fixture
 def fake_cache(tmp_path):
     """Three 200x200 faces, their label cache, split and glasses CSVs, all under tmp_path."""
@@ -174,3 +200,60 @@ def test_dlib_teacher_puts_68_points_inside_the_face_box():
     eyes_y = label.landmarks68_px[36:48, 1].mean()
     assert eyes_y < label.landmarks68_px[30, 1] < label.landmarks68_px[48:68, 1].mean()
     assert label.landmarks68_px[36:42, 0].mean() < label.landmarks68_px[42:48, 0].mean()
+
+
+def test_eye_band_covers_both_eyes():
+    from eyeglass3d.geometry.alignment import EYE_BAND, region_matrix, transform_points
+    from eyeglass3d.training.glasses_labels import BAND_HW, eye_band
+
+    points5_px = np.array([[70, 90], [130, 90], [100, 125], [75, 150], [125, 150]], np.float32)
+    image = np.zeros((200, 200, 3), np.uint8)
+    image[85:96, 65:76] = 255  # a bright patch on the image-left eye
+    band = eye_band(image, points5_px)
+    assert band.shape == (*BAND_HW, 3) and band.dtype == np.uint8
+    eyes = transform_points(region_matrix(points5_px, EYE_BAND, BAND_HW), points5_px[:2])
+    assert ((eyes >= 0) & (eyes < np.array(BAND_HW[::-1]))).all()
+    x, y = np.round(eyes[0]).astype(int)
+    assert band[y, x].min() > 200 and band[:, BAND_HW[1] - 5 :].max() == 0
+
+
+def test_glasses_classifier_learns_a_toy_frame_and_csv_round_trips(tmp_path):
+    import torch
+
+    from eyeglass3d.training.datasets import read_glasses_csv
+    from eyeglass3d.training.glasses_labels import (
+        BAND_HW, fold_of, glasses_probability, train_classifier, write_glasses_csv,
+    )
+
+    torch.set_num_threads(1)
+    rng = np.random.default_rng(4)
+    clean = rng.integers(90, 160, size=(96, *BAND_HW, 3), dtype=np.uint8)
+    framed = clean.copy()
+    framed[:, 12:15, 8:80] = 20  # a dark top bar, like a frame
+    model = train_classifier(framed[:64], clean[:64], epochs=4, batch_size=32)
+    probs_framed, probs_clean = glasses_probability(model, framed[64:]), glasses_probability(model, clean[64:])
+    assert probs_framed.shape == (32,) and probs_framed.min() > probs_clean.max()
+
+    files = ["b.jpg", "a.jpg", "c.jpg"]
+    hand = {"c.jpg": True}  # a verdict by eye beats the threshold
+    write_glasses_csv(tmp_path / "g.csv", files, np.array([0.2, 0.7, 0.1]), 0.5, "made in a test\nsecond line", hand)
+    text = (tmp_path / "g.csv").read_text()
+    assert text.startswith("# made in a test\n# second line\nfile,glasses_prob,wears_glasses,checked_by_hand\n")
+    assert "c.jpg,0.1000,1,1" in text and "a.jpg,0.7000,1,0" in text
+    assert read_glasses_csv(tmp_path / "g.csv") == {"a.jpg": (0.7, True), "b.jpg": (0.2, False), "c.jpg": (0.1, True)}
+    assert fold_of("a.jpg", 3) == fold_of("a.jpg", 3) and {fold_of(f"{i}.jpg", 3) for i in range(30)} == {0, 1, 2}
+
+
+def test_recorded_glasses_labels_cover_every_file_and_keep_the_hand_verdicts():
+    from eyeglass3d.training.datasets import GLASSES_CSV, read_glasses_csv
+    from eyeglass3d.training.glasses_labels import CANDIDATE_PROB, HAND_CSV, read_hand_labels
+
+    labels = read_glasses_csv(GLASSES_CSV)
+    hand = read_hand_labels(HAND_CSV)
+    assert set(labels) == set(read_split_csv())
+    assert all(labels[file][1] == wears for file, wears in hand.items())
+    # The real-world test set: every test photo the classifier flagged was judged by eye.
+    test = set(load_split("test"))
+    assert all(file in hand for file in test if labels[file][0] >= CANDIDATE_PROB)
+    wearers = sum(labels[file][1] for file in test)
+    assert 0.05 < wearers / len(test) < 0.25

@@ -26,9 +26,12 @@ import sys
 import time
 from pathlib import Path
 
+import cv2
 import numpy as np
+from PIL import Image
 
 from eyeglass3d.paths import REPO_ROOT, data_root
+from eyeglass3d.training.datasets import five_points_from_landmarks68
 
 FIELDS = {  # name: (shape, dtype, fill when missing)
     "dlib_detected": ((), bool, False),
@@ -72,8 +75,6 @@ def _init_worker(detector_path: str | None) -> None:
 def _label_one(job: tuple[str, dict | None]) -> dict:
     """Fill in what is missing for one image: the dlib pass, then the MTCNN pass if a detector is loaded."""
     path, record = job
-    from PIL import Image
-
     image = np.asarray(Image.open(path).convert("RGB"))
     record = dict(record) if record is not None else {}
     if "landmarks68" not in record:
@@ -90,8 +91,6 @@ def _label_one(job: tuple[str, dict | None]) -> dict:
 
 def _detect_padded(detector, image: np.ndarray) -> list:
     """MTCNN on the image with a replicated border; boxes and points come back in the image's own pixels."""
-    import cv2
-
     pad = int(round(MTCNN_PAD * max(image.shape[:2])))
     detections = detector.detect(cv2.copyMakeBorder(image, pad, pad, pad, pad, cv2.BORDER_REPLICATE))
     for detection in detections:
@@ -122,8 +121,6 @@ def box_iou(a: np.ndarray, b: np.ndarray) -> float:
 
 def disagreement(landmarks68_px: np.ndarray, points5_px: np.ndarray) -> np.ndarray:
     """Mean five-point distance between dlib and MTCNN, in inter-ocular distances; (N,) with NaN where MTCNN is missing."""
-    from eyeglass3d.training.datasets import five_points_from_landmarks68
-
     dlib5 = five_points_from_landmarks68(landmarks68_px)
     interocular = np.linalg.norm(points5_px[:, 1] - points5_px[:, 0], axis=1)
     return np.linalg.norm(dlib5 - points5_px, axis=2).mean(1) / np.maximum(interocular, 1e-6)
