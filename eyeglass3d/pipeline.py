@@ -22,8 +22,12 @@ from diffusers import DiffusionPipeline
 from .errors import FaceNotFoundError
 from .geometry import alignment
 from .geometry.face_regions import PARSING_LABELS, parsing_from_landmarks
+from .geometry.fitting import fit_landmarks
 from .image_io import fit_within, load_image
+from .mesh import build_mesh
+from .models.face_model import COEFFICIENT_SIZES
 from .outputs import ReconstructionOutput
+from .render.texture import atlas_uv, unwrap_texture
 
 COMPONENT_MODULES = tuple(
     f"eyeglass3d.models.{name}" for name in ("detector", "landmarker", "face_model", "parser", "inpainter", "regressor")
@@ -204,7 +208,7 @@ class Eyeglass3DPipeline(DiffusionPipeline):
 
         report("landmarks")
         clock = time.perf_counter()
-        landmarks_px = self._landmarks(rgb, points5)
+        landmarks_px = self.landmarker.predict(rgb, points5)
         stages["landmarker"] = "network"
         timings["landmarks"] = (time.perf_counter() - clock) * 1e3
 
@@ -251,13 +255,6 @@ class Eyeglass3DPipeline(DiffusionPipeline):
             stages=stages,
             timings_ms={name: round(value, 1) for name, value in timings.items()},
         )
-
-    def _landmarks(self, rgb, points5) -> np.ndarray:
-        size = self.landmarker.config.input_size
-        matrix = alignment.crop_matrix(points5, size)
-        crop = alignment.warp_crop(rgb, matrix, size)
-        landmarks_unit = self.landmarker(_to_tensor(crop))[0].float().numpy()
-        return alignment.transform_points(alignment.invert_affine(matrix), landmarks_unit * size)
 
     def _parse(self, rgb, points5, landmarks_px):
         """Class map in input pixels: the parser inside its band, landmark-drawn parts elsewhere."""
@@ -316,16 +313,12 @@ class Eyeglass3DPipeline(DiffusionPipeline):
     def _regress(self, rgb, points5, landmarks_px):
         """3DMM coefficients in the canonical crop's camera; projection scales with the crop size, so the
         pose means the same at every resolution (see FaceModel.project)."""
-        from .models.face_model import COEFFICIENT_SIZES
-
         if self.regressor is not None:
             size = self.regressor.config.input_size
             matrix = alignment.crop_matrix(points5, size)
             crop = alignment.warp_crop(rgb, matrix, size)
             coefficients = self.regressor.split(self.regressor(_to_tensor(crop)).float())
             return coefficients, "network"
-        from .geometry.fitting import fit_landmarks
-
         matrix = alignment.crop_matrix(points5, FIT_CROP_SIZE)
         landmarks_crop = alignment.transform_points(matrix, landmarks_px)
         with torch.inference_mode(False), torch.enable_grad():
@@ -338,9 +331,6 @@ class Eyeglass3DPipeline(DiffusionPipeline):
 
     def _textured_mesh(self, rgb, points5, coefficients):
         """Mesh in model space (metres), textured from the photo where visible, albedo × light elsewhere."""
-        from .mesh import build_mesh
-        from .render.texture import atlas_uv, unwrap_texture
-
         model = self.face_model
         vertices_m = model.shape(coefficients["identity"], coefficients["expression"])
         camera = model.to_camera(vertices_m, coefficients["pose"])

@@ -21,28 +21,20 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
-from eyeglass3d.geometry.alignment import crop_matrix, invert_affine, transform_points, warp_crop
+from eyeglass3d.evaluation.metrics import normalised_mean_error
 from eyeglass3d.paths import REPO_ROOT, default_weights
 
 EVAL_SEED = 20221  # glasses drawn for evaluation only; training seeds are small integers
 
 
 def nme(predicted: np.ndarray, target: np.ndarray) -> float:
-    scale = np.linalg.norm(target[36] - target[45])
-    return float(np.linalg.norm(predicted - target, axis=-1).mean() / scale)
+    return float(normalised_mean_error(predicted, target))
 
 
 def predict(detector, landmarker, image: np.ndarray) -> np.ndarray | None:
     """The pipeline's own path: largest detection → canonical crop → landmarks in image pixels."""
     faces = detector.detect(image)
-    if not faces:
-        return None
-    size = landmarker.config.input_size
-    matrix = crop_matrix(faces[0].points.astype(np.float64), size)
-    crop = torch.from_numpy(warp_crop(image, matrix, size)).permute(2, 0, 1)[None].float().div(255)
-    with torch.inference_mode():
-        unit = landmarker(crop)[0].numpy()
-    return transform_points(invert_affine(matrix), unit * size)
+    return landmarker.predict(image, faces[0].points) if faces else None
 
 
 def latency_ms(landmarker, repeats: int = 50) -> dict[str, float]:

@@ -9,11 +9,13 @@ from __future__ import annotations
 
 import math
 
+import numpy as np
 import torch
 from diffusers import ConfigMixin, ModelMixin
 from diffusers.configuration_utils import register_to_config
 from torch import nn
 
+from ..geometry.alignment import crop_matrix, invert_affine, transform_points, warp_crop
 from .backbones import ImageNetNormalize, mobilenet_v3_large, mobilenet_v3_small
 
 # Frontal mean face in the unit canonical crop (iBUG 68-point order). Derived, not learnt: the
@@ -92,3 +94,16 @@ class LandmarkRegressor(ModelMixin, ConfigMixin):
         offsets = self.offsets(head_inputs).view(-1, self.config.num_points, 2)
         # Sum in float32 even under bf16 autocast: bf16 would round the mean shape by up to 1/256 of the crop.
         return self.mean_landmarks + offsets.float()
+
+    @torch.no_grad()
+    def predict(self, image: np.ndarray, points5_px: np.ndarray) -> np.ndarray:
+        """68 landmarks (68, 2) in pixels of `image` (HxWx3 uint8 RGB), from the detector's five points.
+
+        The one place that cuts this model's crop and maps its answer back, shared by the pipeline and
+        the evaluation so that both measure the same thing.
+        """
+        size = self.config.input_size
+        matrix = crop_matrix(np.asarray(points5_px, np.float64), size)
+        crop = torch.from_numpy(warp_crop(image, matrix, size)).permute(2, 0, 1)[None].float().div(255)
+        landmarks_unit = self(crop.to(self.dtype))[0].float().numpy()
+        return transform_points(invert_affine(matrix), landmarks_unit * size)

@@ -27,6 +27,7 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
+from eyeglass3d.evaluation.metrics import normalised_mean_error
 from eyeglass3d.geometry.alignment import crop_matrix, transform_points, warp_crop
 from eyeglass3d.models.landmarker import LandmarkRegressor
 from eyeglass3d.paths import REPO_ROOT
@@ -41,12 +42,6 @@ FLIP_68 = np.array(
     + [59, 58, 57, 56, 55] + [64, 63, 62, 61, 60] + [67, 66, 65]
 )
 FLIP_5 = np.array([1, 0, 2, 4, 3])
-
-
-def normalised_mean_error(predicted: np.ndarray, target: np.ndarray) -> np.ndarray:
-    """Per-face mean point error over the outer-eye-corner distance (points 36 and 45), the usual 300-W NME."""
-    scale = np.linalg.norm(target[..., 36, :] - target[..., 45, :], axis=-1)
-    return np.linalg.norm(predicted - target, axis=-1).mean(-1) / scale
 
 
 def glasses_versions(records: FaceRecords, copies: int, seed: int, cache_dir: Path, log: logging.Logger) -> np.ndarray:
@@ -175,7 +170,6 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--glasses-probability", type=float, default=0.6)
     parser.add_argument("--jitter", type=float, default=0.5, help="detector-noise strength (1 = 7 deg, 6 %% scale, 5 %% shift)")
     parser.add_argument("--glasses-copies", type=int, default=2)
-    parser.add_argument("--limit", type=int, default=0, help="use only the first N training faces (smoke tests)")
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--bf16", action="store_true",
                         help="bf16 autocast; measured 2x slower than fp32 for MobileNetV3 training on this CPU")
@@ -200,11 +194,6 @@ def main(argv: list[str] | None = None) -> None:
 
     train = FaceRecords("train", labels_path=args.labels, glasses_csv=None)
     val = FaceRecords("val", labels_path=args.labels, glasses_csv=None)
-    if args.limit:
-        train.files, train.landmarks68_px, train.points5_px = (
-            train.files[: args.limit], train.landmarks68_px[: args.limit], train.points5_px[: args.limit]
-        )
-        val.files, val.landmarks68_px, val.points5_px = val.files[:64], val.landmarks68_px[:64], val.points5_px[:64]
     cache_dir = REPO_ROOT / "cache"
     cache_dir.mkdir(exist_ok=True)
     train_versions = glasses_versions(train, args.glasses_copies, args.seed, cache_dir, log)
