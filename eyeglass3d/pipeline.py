@@ -13,7 +13,6 @@ import time
 from importlib import import_module
 from pathlib import Path
 
-import cv2
 import numpy as np
 import PIL.Image
 import torch
@@ -21,9 +20,10 @@ from diffusers import DiffusionPipeline
 
 from .errors import FaceNotFoundError
 from .geometry import alignment
-from .geometry.face_regions import PARSING_LABELS, parsing_from_landmarks
+from .geometry.face_regions import PARSING_LABELS, grow_glasses_mask, parsing_from_landmarks
 from .geometry.fitting import fit_landmarks
 from .image_io import fit_within, load_image
+from .inpaint_classical import classical_inpaint
 from .mesh import build_mesh
 from .models.face_model import COEFFICIENT_SIZES
 from .outputs import ReconstructionOutput
@@ -262,52 +262,23 @@ class Eyeglass3DPipeline(DiffusionPipeline):
         parsing = parsing_from_landmarks(landmarks_px, height, width)
         if self.parser is None:
             return parsing, np.zeros((height, width), bool), "landmark-drawn parts; no glasses parser shipped"
-        crop_box = tuple(self.parser.config.crop_box)
-        size_hw = tuple(self.parser.config.input_size)
-        matrix = alignment.region_matrix(points5, crop_box, size_hw)
-        crop = alignment.warp_crop(rgb, matrix, size_hw)
-        logits = self.parser(_to_tensor(crop))[0]
-        labels = logits.argmax(0).to(torch.uint8).numpy()
+        region_labels = self.parser.predict(rgb, points5)
         # Map the parser's own label names onto the pipeline's label list.
-        lookup = np.array([PARSING_LABELS.index(name) for name in self.parser.config.labels], np.uint8)
-        region_labels = lookup[labels]
-        inverse = alignment.invert_affine(matrix)
-        back = cv2.warpAffine(region_labels, inverse, (width, height), flags=cv2.INTER_NEAREST, borderValue=255)
+        lookup = np.full(256, 255, np.uint8)
+        lookup[: len(self.parser.config.labels)] = [PARSING_LABELS.index(name) for name in self.parser.config.labels]
+        back = lookup[region_labels]
         inside = back != 255
         parsing[inside] = back[inside]
         glasses = parsing == PARSING_LABELS.index("eyeglasses")
-        return parsing, _dilate(glasses, landmarks_px), "network"
+        return parsing, grow_glasses_mask(glasses, landmarks_px), "network"
 
     def _inpaint(self, rgb, points5, landmarks_px, glasses_mask):
         if self.inpainter is None:
-            return _telea_inpaint(rgb, glasses_mask), "OpenCV Telea (no inpainting network shipped)"
-        height, width = rgb.shape[:2]
-        crop_box = tuple(self.inpainter.config.crop_box)
-        size_hw = tuple(self.inpainter.config.input_size)
-        matrix = alignment.region_matrix(points5, crop_box, size_hw)
-        crop = alignment.warp_crop(rgb, matrix, size_hw)
-        mask_crop = alignment.warp_crop(glasses_mask.astype(np.uint8) * 255, matrix, size_hw) > 0
-        landmarks_region = alignment.transform_points(matrix, landmarks_px) / np.array(size_hw[::-1])
-        mask_tensor = torch.from_numpy(mask_crop)[None, None].float()
-        guidance = self.inpainter.landmark_heatmaps(
-            torch.from_numpy(landmarks_region)[None].float(), size_hw[0], size_hw[1],
-            self.inpainter.config.guidance_sigma, self.inpainter.config.guidance_channels,
-        )
-        filled = self.inpainter.inpaint(_to_tensor(crop), mask_tensor, guidance)[0]
-        filled = (filled.clamp(0, 1).permute(1, 2, 0).float().numpy() * 255 + 0.5).astype(np.uint8)
-        back = cv2.warpAffine(
-            filled, alignment.invert_affine(matrix), (width, height), flags=cv2.INTER_LINEAR,
-            borderMode=cv2.BORDER_REPLICATE,
-        )
-        region = cv2.warpAffine(
-            np.ones(size_hw, np.uint8), alignment.invert_affine(matrix), (width, height), flags=cv2.INTER_NEAREST
-        ) > 0
-        out = rgb.copy()
-        inside = glasses_mask & region
-        out[inside] = back[inside]
-        outside = glasses_mask & ~region
+            return classical_inpaint(rgb, glasses_mask, "telea"), "OpenCV Telea (no inpainting network shipped)"
+        out, handled = self.inpainter.predict(rgb, points5, landmarks_px, glasses_mask)
+        outside = glasses_mask & ~handled
         if outside.any():  # a hand-painted mask may reach past the network's band
-            out = _telea_inpaint(out, outside)
+            out = classical_inpaint(out, outside, "telea")
         return out, "network"
 
     def _regress(self, rgb, points5, landmarks_px):
@@ -363,25 +334,3 @@ class Eyeglass3DPipeline(DiffusionPipeline):
 def _to_tensor(image: np.ndarray) -> torch.Tensor:
     """HxWx3 uint8 → (1,3,H,W) float in [0,1], the input convention of every component."""
     return torch.from_numpy(np.ascontiguousarray(image)).permute(2, 0, 1)[None].float().div_(255)
-
-
-def _dilate(mask: np.ndarray, landmarks_px: np.ndarray) -> np.ndarray:
-    """Grow the predicted glasses area by ~3% of the eye distance so no frame edge survives inpainting."""
-    eye_distance = np.linalg.norm(landmarks_px[42:48].mean(0) - landmarks_px[36:42].mean(0))
-    radius = max(1, int(round(0.03 * eye_distance)))
-    kernel = cv2.getStructuringElement(cv2.MORPH_ELLIPSE, (2 * radius + 1, 2 * radius + 1))
-    return cv2.dilate(mask.astype(np.uint8), kernel) > 0
-
-
-def _telea_inpaint(rgb: np.ndarray, mask: np.ndarray) -> np.ndarray:
-    """Classical fill on the mask's bounding box only (cheap on large photos)."""
-    ys, xs = np.nonzero(mask)
-    pad = 8
-    y0, y1 = max(0, ys.min() - pad), min(rgb.shape[0], ys.max() + pad + 1)
-    x0, x1 = max(0, xs.min() - pad), min(rgb.shape[1], xs.max() + pad + 1)
-    out = rgb.copy()
-    region_mask = mask[y0:y1, x0:x1].astype(np.uint8)
-    out[y0:y1, x0:x1] = cv2.inpaint(rgb[y0:y1, x0:x1], region_mask, 5, cv2.INPAINT_TELEA)
-    out[~mask] = rgb[~mask]
-    return out
-

@@ -12,8 +12,8 @@ import torch
 from eyeglass3d.geometry.alignment import crop_matrix, invert_affine, transform_points
 from eyeglass3d.models.landmarker import FRONTAL_MEAN_LANDMARKS, LandmarkRegressor
 from eyeglass3d.training.datasets import FaceRecord
+from eyeglass3d.training.augment import FLIP_68
 from eyeglass3d.training.train_landmarker import (
-    FLIP_68,
     landmark_loss,
     make_batch,
     normalised_mean_error,

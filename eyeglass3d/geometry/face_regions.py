@@ -45,3 +45,11 @@ def parsing_from_landmarks(landmarks_px: np.ndarray, height: int, width: int) ->
     _polygon(label_map, lm[48:60], ids["lips"])
     _polygon(label_map, lm[60:68], ids["mouth"])
     return label_map
+
+
+def grow_glasses_mask(mask: np.ndarray, landmarks_px: np.ndarray, fraction: float = 0.03) -> np.ndarray:
+    """Grow a glasses mask by `fraction` of the eye distance, so no frame edge survives inpainting."""
+    eye_distance = np.linalg.norm(landmarks_px[42:48].mean(0) - landmarks_px[36:42].mean(0))
+    radius = max(1, int(round(fraction * eye_distance)))
+    kernel = cv2.getStructuringElement(cv2.MORPH_ELLIPSE, (2 * radius + 1, 2 * radius + 1))
+    return cv2.dilate(mask.astype(np.uint8), kernel) > 0

@@ -8,13 +8,15 @@ landmark heatmaps tell it where eyes and brows are behind the frames.
 
 from __future__ import annotations
 
+import cv2
+import numpy as np
 import torch
 import torch.nn.functional as F
 from diffusers import ConfigMixin, ModelMixin
 from diffusers.configuration_utils import register_to_config
 from torch import nn
 
-from ..geometry.alignment import EYE_BAND
+from ..geometry.alignment import EYE_BAND, invert_affine, region_matrix, transform_points, warp_crop
 
 # iBUG 68-point parts, one guidance channel each when guidance_channels == 5.
 LANDMARK_GROUPS = (range(0, 17), range(17, 27), range(27, 36), range(36, 48), range(48, 68))
@@ -138,6 +140,36 @@ class InpaintGenerator(ModelMixin, ConfigMixin):
         """Fill the masked area and keep every pixel outside it bit-identical to `image`."""
         raw = self(image, mask, guidance).to(image.dtype)
         return raw * mask + image * (1.0 - mask)
+
+    @torch.no_grad()
+    def predict(
+        self, image: np.ndarray, points5_px: np.ndarray, landmarks_px: np.ndarray, mask: np.ndarray
+    ) -> tuple[np.ndarray, np.ndarray]:
+        """Fill `mask` (H, W bool) in `image` (HxWx3 uint8 RGB) where it lies inside this model's band.
+
+        Returns (filled image, the part of `mask` that was filled); every other pixel is unchanged.
+        Shared by the pipeline and the evaluation, like `LandmarkRegressor.predict`.
+        """
+        height, width = image.shape[:2]
+        size_hw = tuple(self.config.input_size)
+        matrix = region_matrix(np.asarray(points5_px, np.float64), tuple(self.config.crop_box), size_hw)
+        band = torch.from_numpy(warp_crop(image, matrix, size_hw)).permute(2, 0, 1)[None].float().div(255)
+        band_mask = warp_crop(mask.astype(np.uint8) * 255, matrix, size_hw) > 0
+        landmarks_band = transform_points(matrix, landmarks_px) / np.array(size_hw[::-1])
+        guidance = self.landmark_heatmaps(
+            torch.from_numpy(landmarks_band)[None].float(), size_hw[0], size_hw[1],
+            self.config.guidance_sigma, self.config.guidance_channels,
+        )
+        mask_tensor = torch.from_numpy(band_mask)[None, None].float()
+        filled = self.inpaint(band.to(self.dtype), mask_tensor.to(self.dtype), guidance.to(self.dtype))[0]
+        filled = (filled.float().clamp(0, 1).permute(1, 2, 0).numpy() * 255 + 0.5).astype(np.uint8)
+        inverse = invert_affine(matrix)
+        back = cv2.warpAffine(filled, inverse, (width, height), flags=cv2.INTER_LINEAR, borderMode=cv2.BORDER_REPLICATE)
+        region = cv2.warpAffine(np.ones(size_hw, np.uint8), inverse, (width, height), flags=cv2.INTER_NEAREST) > 0
+        handled = mask & region
+        out = image.copy()
+        out[handled] = back[handled]
+        return out, handled
 
     def guidance_from_crop_landmarks(self, landmarks_unit: torch.Tensor) -> torch.Tensor:
         """Landmarks (B,68,2) in unit *canonical-crop* coordinates -> this model's guidance at input_size.

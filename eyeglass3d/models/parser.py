@@ -7,13 +7,15 @@ stays cheap on CPU.
 
 from __future__ import annotations
 
+import cv2
+import numpy as np
 import torch
 import torch.nn.functional as F
 from diffusers import ConfigMixin, ModelMixin
 from diffusers.configuration_utils import register_to_config
 from torch import nn
 
-from ..geometry.alignment import EYE_BAND
+from ..geometry.alignment import EYE_BAND, invert_affine, region_matrix, warp_crop
 from .backbones import ImageNetNormalize
 
 DEFAULT_LABELS = ("background", "skin", "brows", "eyes", "nose", "lips", "mouth", "hair", "eyeglasses")
@@ -87,3 +89,19 @@ class FaceParser(ModelMixin, ConfigMixin):
         for block in self.up:
             x = block(x, skips.pop())
         return self.classifier(x)
+
+    @torch.no_grad()
+    def predict(self, image: np.ndarray, points5_px: np.ndarray) -> np.ndarray:
+        """Label ids into `labels` (H, W) uint8 for `image` (HxWx3 uint8 RGB); 255 outside the band.
+
+        The one place that cuts this model's band and maps its answer back, shared by the pipeline
+        and the evaluation so that both measure the same thing.
+        """
+        height, width = image.shape[:2]
+        size_hw = tuple(self.config.input_size)
+        matrix = region_matrix(np.asarray(points5_px, np.float64), tuple(self.config.crop_box), size_hw)
+        band = torch.from_numpy(warp_crop(image, matrix, size_hw)).permute(2, 0, 1)[None].float().div(255)
+        labels = self(band.to(self.dtype))[0].argmax(0).to(torch.uint8).numpy()
+        return cv2.warpAffine(
+            labels, invert_affine(matrix), (width, height), flags=cv2.INTER_NEAREST, borderValue=255
+        )

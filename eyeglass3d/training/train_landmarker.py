@@ -15,14 +15,12 @@ runs/<name>/best/. Export to the card with `--export weights_card/landmarker` (f
 from __future__ import annotations
 
 import argparse
-import hashlib
 import json
 import logging
 import math
 import time
 from pathlib import Path
 
-import cv2
 import numpy as np
 import torch
 from tqdm import tqdm
@@ -31,77 +29,10 @@ from eyeglass3d.evaluation.metrics import normalised_mean_error
 from eyeglass3d.geometry.alignment import crop_matrix, transform_points, warp_crop
 from eyeglass3d.models.landmarker import LandmarkRegressor
 from eyeglass3d.paths import REPO_ROOT
+from eyeglass3d.training.augment import flip_points, jitter_points, photometric
 from eyeglass3d.training.checkpoint import load_training_state, save_training_state
-from eyeglass3d.training.compositor import GlassesCompositor
 from eyeglass3d.training.datasets import FaceRecords
-
-# iBUG-68 index of each point's mirror image (for horizontal flips).
-FLIP_68 = np.array(
-    list(range(16, -1, -1)) + list(range(26, 16, -1)) + [27, 28, 29, 30] + [35, 34, 33, 32, 31]
-    + [45, 44, 43, 42, 47, 46] + [39, 38, 37, 36, 41, 40] + [54, 53, 52, 51, 50, 49, 48]
-    + [59, 58, 57, 56, 55] + [64, 63, 62, 61, 60] + [67, 66, 65]
-)
-FLIP_5 = np.array([1, 0, 2, 4, 3])
-
-
-def glasses_versions(records: FaceRecords, copies: int, seed: int, cache_dir: Path, log: logging.Logger) -> np.ndarray:
-    """(N, copies, H, W, 3) uint8 faces wearing synthetic glasses, made once and kept on disk.
-
-    The compositor costs ~10 ms a face; drawing it inside the loop would halve the training speed on
-    two cores, and fixed copies make validation figures comparable between epochs. The cache name
-    hashes the file list and seed, so new labels never meet stale images.
-    """
-    digest = hashlib.sha1(("\n".join(records.files) + f"|{copies}|{seed}").encode()).hexdigest()[:12]
-    cache = cache_dir / f"glasses_{digest}.npy"
-    if cache.exists():
-        versions = np.load(cache, mmap_mode="r")
-        if versions.shape[:2] == (len(records), copies):
-            return versions
-    log.info("compositing %d x %d glasses images into %s", len(records), copies, cache)
-    first = records.image(0)
-    versions = np.lib.format.open_memmap(cache.with_suffix(".tmp.npy"), "w+", np.uint8, (len(records), copies, *first.shape))
-    compositor = GlassesCompositor(seed=seed)
-    for index in tqdm(range(len(records)), desc="glasses", mininterval=5):
-        record = records[index]
-        for copy in range(copies):
-            rng = np.random.default_rng([seed, index, copy])
-            versions[index, copy] = compositor(record.image, record.landmarks68_px, rng).image
-    versions.flush()
-    del versions
-    cache.with_suffix(".tmp.npy").rename(cache)
-    return np.load(cache, mmap_mode="r")
-
-
-def jitter_points(points5: np.ndarray, rng: np.random.Generator, strength: float) -> np.ndarray:
-    """Perturb the five points by a random similarity (detector noise, head roll), plus per-point noise."""
-    centre = points5.mean(0)
-    eye_distance = np.linalg.norm(points5[1] - points5[0])
-    angle = rng.normal(0, 0.12 * strength)
-    scale = math.exp(rng.normal(0, 0.06 * strength))
-    shift = rng.normal(0, 0.05 * strength, 2) * eye_distance
-    rotation = np.array([[math.cos(angle), -math.sin(angle)], [math.sin(angle), math.cos(angle)]])
-    moved = (points5 - centre) @ rotation.T * scale + centre + shift
-    return moved + rng.normal(0, 0.02 * strength, moved.shape) * eye_distance
-
-
-def photometric(image: np.ndarray, rng: np.random.Generator) -> np.ndarray:
-    """Colour, blur, noise and JPEG artefacts: what phone photos do that UTKFace crops do not."""
-    out = image.astype(np.float32)
-    if rng.random() < 0.1:
-        out = out.mean(2, keepdims=True).repeat(3, 2)
-    gain = rng.uniform(0.7, 1.3) * rng.uniform(0.9, 1.1, 3)
-    out = (out - 128) * rng.uniform(0.7, 1.3) + 128 + rng.uniform(-25, 25)
-    out = np.clip(out * gain, 0, 255)
-    if rng.random() < 0.25:
-        out = cv2.GaussianBlur(out, (0, 0), rng.uniform(0.3, 1.5))
-    if rng.random() < 0.2:
-        out = out + rng.normal(0, rng.uniform(2, 8), out.shape)
-    out = np.clip(out, 0, 255).astype(np.uint8)
-    if rng.random() < 0.3:
-        ok, encoded = cv2.imencode(".jpg", out, [cv2.IMWRITE_JPEG_QUALITY, int(rng.integers(25, 90))])
-        out = cv2.imdecode(encoded, cv2.IMREAD_UNCHANGED)
-    return out
-
+from eyeglass3d.training.glasses_cache import glasses_copies
 
 def make_batch(records, versions, indices, size, rng, *, train: bool, glasses_probability: float, jitter: float = 0.5):
     """Crops (B,3,S,S) float and targets (B,68,2) unit crop coordinates, plus which inputs wear glasses."""
@@ -115,8 +46,7 @@ def make_batch(records, versions, indices, size, rng, *, train: bool, glasses_pr
             if rng.random() < 0.5:
                 width = image.shape[1]
                 image = image[:, ::-1]
-                landmarks = landmarks[FLIP_68] * [-1, 1] + [width - 1, 0]
-                points5 = points5[FLIP_5] * [-1, 1] + [width - 1, 0]
+                landmarks, points5 = flip_points(landmarks, width), flip_points(points5, width)
             points5 = jitter_points(points5, rng, jitter)
         matrix = crop_matrix(points5, size)
         crop = warp_crop(np.ascontiguousarray(image), matrix, size)
@@ -196,8 +126,8 @@ def main(argv: list[str] | None = None) -> None:
     val = FaceRecords("val", labels_path=args.labels, glasses_csv=None)
     cache_dir = REPO_ROOT / "cache"
     cache_dir.mkdir(exist_ok=True)
-    train_versions = glasses_versions(train, args.glasses_copies, args.seed, cache_dir, log)
-    val_versions = glasses_versions(val, 1, args.seed + 1, cache_dir, log)
+    train_versions = glasses_copies(train, args.glasses_copies, args.seed, cache_dir, log).images
+    val_versions = glasses_copies(val, 1, args.seed + 1, cache_dir, log).images
     log.info("train %d faces, val %d faces", len(train), len(val))
 
     model = LandmarkRegressor(input_size=args.input_size, variant=args.variant, width_mult=args.width_mult, head=args.head)
