@@ -53,3 +53,27 @@ def tiny_pipeline(tiny_pipeline_dir):
     from eyeglass3d import Eyeglass3DPipeline
 
     return Eyeglass3DPipeline.from_pretrained(tiny_pipeline_dir)
+
+
+@pytest.fixture(scope="session")
+def example_records():
+    """Two real photos as training records, with plausible 68-point labels placed from five hand-read points."""
+    import numpy as np
+    import PIL.Image
+
+    from eyeglass3d.geometry.alignment import crop_matrix, invert_affine, transform_points
+    from eyeglass3d.models.landmarker import FRONTAL_MEAN_LANDMARKS
+    from eyeglass3d.training.datasets import FaceRecord
+
+    out = []
+    five = {
+        "astronaut.jpg": [[205, 108], [243, 106], [224, 128], [208, 148], [241, 147]],
+        "grace_hopper.jpg": [[226, 205], [304, 203], [268, 247], [234, 285], [297, 285]],
+    }
+    for name, points in five.items():
+        image = np.asarray(PIL.Image.open(EXAMPLES / name).convert("RGB"))
+        points5 = np.array(points, np.float64)
+        unit = np.array(FRONTAL_MEAN_LANDMARKS) + np.random.default_rng(0).normal(0, 0.01, (68, 2))
+        landmarks = transform_points(invert_affine(crop_matrix(points5, 1)), unit).astype(np.float32)
+        out.append(FaceRecord(image, landmarks, points5.astype(np.float32), np.zeros(128, np.float32), False))
+    return out

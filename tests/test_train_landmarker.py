@@ -2,41 +2,17 @@
 
 from __future__ import annotations
 
-from pathlib import Path
-
 import numpy as np
-import PIL.Image
 import pytest
 import torch
 
-from eyeglass3d.geometry.alignment import crop_matrix, invert_affine, transform_points
-from eyeglass3d.models.landmarker import FRONTAL_MEAN_LANDMARKS, LandmarkRegressor
-from eyeglass3d.training.datasets import FaceRecord
+from eyeglass3d.models.landmarker import LandmarkRegressor
 from eyeglass3d.training.augment import FLIP_68
 from eyeglass3d.training.train_landmarker import (
     landmark_loss,
     make_batch,
     normalised_mean_error,
 )
-
-EXAMPLES = Path(__file__).resolve().parent.parent / "examples"
-
-
-@pytest.fixture(scope="module")
-def records():
-    """Two real photos with plausible 68-point labels placed from five hand-read points."""
-    out = []
-    five = {
-        "astronaut.jpg": [[205, 108], [243, 106], [224, 128], [208, 148], [241, 147]],
-        "grace_hopper.jpg": [[226, 205], [304, 203], [268, 247], [234, 285], [297, 285]],
-    }
-    for name, points in five.items():
-        image = np.asarray(PIL.Image.open(EXAMPLES / name).convert("RGB"))
-        points5 = np.array(points, np.float64)
-        unit = np.array(FRONTAL_MEAN_LANDMARKS) + np.random.default_rng(0).normal(0, 0.01, (68, 2))
-        landmarks = transform_points(invert_affine(crop_matrix(points5, 1)), unit).astype(np.float32)
-        out.append(FaceRecord(image, landmarks, points5.astype(np.float32), np.zeros(128, np.float32), False))
-    return out
 
 
 def test_flip_permutation_is_an_involution_that_swaps_eyes():
@@ -45,9 +21,9 @@ def test_flip_permutation_is_an_involution_that_swaps_eyes():
     assert FLIP_68[36] == 45 and FLIP_68[0] == 16 and FLIP_68[30] == 30 and FLIP_68[48] == 54
 
 
-def test_flipped_batch_keeps_points_on_the_same_features(records):
+def test_flipped_batch_keeps_points_on_the_same_features(example_records):
     rng = np.random.default_rng(3)
-    images, targets, _ = make_batch(records, None, [0, 1] * 8, 64, rng, train=True, glasses_probability=0)
+    images, targets, _ = make_batch(example_records, None, [0, 1] * 8, 64, rng, train=True, glasses_probability=0)
     assert images.shape == (16, 3, 64, 64) and targets.shape == (16, 68, 2)
     # After any flip the image-left eye is still on the left: index 36 stays left of 45.
     assert (targets[:, 36, 0] < targets[:, 45, 0]).all()
@@ -71,11 +47,11 @@ def test_wing_loss_matches_its_formula():
     assert landmark_loss(predicted, target, "l2").item() == pytest.approx((0.005**2 + 0.5**2) / 2, rel=1e-5)
 
 
-def test_a_few_training_steps_lower_the_loss(records):
+def test_a_few_training_steps_lower_the_loss(example_records):
     torch.manual_seed(0)
     model = LandmarkRegressor(input_size=64, variant="small", width_mult=0.5)
     optimizer = torch.optim.Adam(model.parameters(), lr=3e-3)
-    images, targets, _ = make_batch(records, None, [0, 1, 0, 1], 64, np.random.default_rng(0), train=False,
+    images, targets, _ = make_batch(example_records, None, [0, 1, 0, 1], 64, np.random.default_rng(0), train=False,
                                     glasses_probability=0)
     targets = targets + 0.03  # away from the initial mean shape, so there is something to learn
     losses = []

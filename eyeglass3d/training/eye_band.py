@@ -69,7 +69,7 @@ def band_batch(
     jitter: float = 0.5,
 ) -> BandBatch:
     """A batch of bands. Training flips, jitters the five points and applies one photometric draw to
-    the glasses and clean bands together (stacked), so the inpainting target matches its input.
+    the glasses and the clean band alike, so the inpainting target matches its input.
     Evaluation uses the first copy and the records' own five points, so figures are comparable."""
     images, cleans, masks, labels, landmarks, worn = [], [], [], [], [], []
     for index in indices:
@@ -90,9 +90,9 @@ def band_batch(
         band, band_clean, band_mask, band_labels, unit = band_sample(
             image, clean, mask, landmarks68, points5, crop_box, size_hw
         )
-        if train:
-            stacked = photometric(np.concatenate([band, band_clean], 0), rng)
-            band, band_clean = stacked[: size_hw[0]], stacked[size_hw[0]:]
+        if train:  # one photometric draw (colour, blur, noise, JPEG) for input and target alike
+            seed = int(rng.integers(2**63))
+            band, band_clean = (photometric(b, np.random.default_rng(seed)) for b in (band, band_clean))
         images.append(band)
         cleans.append(band_clean)
         masks.append(band_mask)
