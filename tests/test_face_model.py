@@ -258,7 +258,8 @@ def test_shipped_shape_matches_the_ict_archive():
 @pytest.mark.integration
 def test_turned_head_moves_the_jaw_landmarks_to_its_outline(shipped):
     """Yaw +30° turns the nose to image right: the subject's left jaw (9-16) turns away, so its points
-    move inwards along their lines; the right jaw (0-7) faces the camera and takes ICT's back jaw line."""
+    move inwards along their lines; the right jaw (0-7) faces the camera and keeps its back-most candidates
+    (ICT's back jaw line or, where the calibrated landmark lies behind it, the landmark itself)."""
     with torch.no_grad():
         vertices = shipped.shape(torch.zeros(1, 80), torch.zeros(1, 53))
         turned = shipped.to_camera(vertices, torch.tensor([[0.0, math.radians(30), 0, 0, 0, 0]]))
@@ -266,7 +267,7 @@ def test_turned_head_moves_the_jaw_landmarks_to_its_outline(shipped):
     candidates = shipped.contour_candidate_indices
     position = (candidates == chosen[:, None]).float().argmax(1)
     assert (position[12:17] >= 2).all(), position
-    assert (position[0:4] == 0).all(), position
+    assert (position[0:4] <= 1).all(), position
 
 
 @pytest.mark.integration

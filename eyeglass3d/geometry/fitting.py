@@ -101,8 +101,9 @@ def fit_landmarks(
     depth_prior: Tikhonov weight on the depth translation (metres). Landmarks barely tell a small
         near head from a big far one, and identity mode 0 is 85 % a global scale, so without it the
         fit slides along that valley. 0.03 ≈ 3e-5 / (3 cm)²: heads vary about 5 % in size, i.e. 3 cm
-        of depth at 0.6 m. (On UTKFace the fits still average identity[0] ≈ 2.4: dlib's landmarks
-        ask for the shape part of mode 0.)
+        of depth at 0.6 m. (With ICT's own landmark vertices, UTKFace fits averaged identity[0] ≈ 2.4:
+        dlib places its points differently. The vertices of tools/landmarks_dlib68.json bring it to 0.9 on
+        adult val faces, 1.5 with UTKFace's many infants, whose proportions no adult model holds.)
     landmark_weights: (68,) optional per-landmark weights (default all 1).
 
     Returns {"identity": (B, 80), "expression": (B, 53), "texture": (B, 80) zeros, "lighting": (B, 27)
