@@ -62,3 +62,58 @@ def octahedron_face_model() -> FaceModel:
         "mirror_index": np.array([1, 0, 2, 3, 4, 5]),
     }
     return FaceModel.from_arrays(arrays)
+
+
+def dome_face_model(count: int = 41) -> FaceModel:
+    """A smooth face-sized dome (16 cm wide, 20 cm tall) meshed as a `count`² grid, with smooth bases and a
+    patterned albedo, for fits that compare renders: every vertex is face area, landmark i is a distinct
+    inner grid vertex, jaw landmarks have themselves as their only candidate."""
+    v, u = np.mgrid[1 : -1 : count * 1j, -1 : 1 : count * 1j]  # row 0 at the top (v = +1)
+    u, v = u.ravel(), v.ravel()
+    mean = np.stack([0.08 * u, 0.10 * v, 0.10 - 0.04 * (u**2 + v**2)], -1)
+    bump = np.exp(-(u**2 + (v + 0.1) ** 2) / 0.08)
+    zeros = np.zeros_like(u)
+    identity = np.stack(
+        [
+            np.stack([0.006 * u, zeros, zeros], -1),  # width
+            np.stack([zeros, 0.006 * v, zeros], -1),  # height
+            np.stack([zeros, zeros, 0.008 * bump], -1),  # a nose
+            np.stack([zeros, zeros, 0.004 * u * v], -1),  # a twist
+        ]
+    )
+    expression = np.stack([np.stack([zeros, -0.006 * np.clip(-v, 0, None) ** 2, zeros], -1)])  # a jaw drop
+    pattern = [np.sin(3 * np.pi * u) * np.cos(2 * np.pi * v), np.cos(4 * np.pi * v + u), np.sin(2 * np.pi * (u + v))]
+    texture_mean = np.stack([0.6 + 0.15 * pattern[0], 0.45 + 0.12 * pattern[1], 0.4 + 0.1 * pattern[2]], -1)
+    # Texture modes of a finer pattern than any second-order SH shading of the dome can mimic.
+    texture = np.stack([np.stack([0.05 * np.sin(5 * np.pi * u), 0.03 * np.sin(5 * np.pi * u), zeros], -1),
+                        np.stack([0.04 * np.cos(5 * np.pi * v)] * 3, -1),
+                        np.stack([zeros, 0.04 * np.sin(4 * np.pi * (u - v)), 0.04 * np.sin(4 * np.pi * (u - v))], -1)])
+    grid = np.arange(count * count).reshape(count, count)
+    a, b, c, d = grid[:-1, :-1].ravel(), grid[:-1, 1:].ravel(), grid[1:, 1:].ravel(), grid[1:, :-1].ravel()
+    # Row index grows downwards (v decreasing): (a, d, c) and (a, c, b) are counter-clockwise seen from +z.
+    triangles = np.concatenate([np.stack([a, d, c], 1), np.stack([a, c, b], 1)])
+    inner = grid[4:-4:4, 4:-4:4].ravel()  # 8 × 8 = 64 vertices
+    extra = grid[count // 2 + 1 : count // 2 + 5, 2]
+    landmarks = np.concatenate([inner, extra])[:NUM_LANDMARKS]
+    arrays = {
+        "mean_shape_m": mean,
+        "identity_basis_m": identity,
+        "expression_basis_m": expression,
+        "texture_mean": texture_mean,
+        "texture_basis": texture,
+        "triangles": triangles,
+        "uv_coords": np.stack([(u + 1) / 2, (v + 1) / 2], -1),
+        "uv_triangles": triangles,
+        "landmark_indices": landmarks,
+        "contour_candidate_indices": landmarks[:NUM_CONTOUR_LANDMARKS, None],
+        "mirror_index": grid[:, ::-1].ravel(),
+    }
+    return FaceModel.from_arrays(
+        arrays,
+        expression_names=["jawDrop"],
+        face_area_vertices=count * count,
+        face_area_triangles=len(triangles),
+        focal_ratio=2.0,
+        camera_distance_m=0.6,
+        has_texture_basis=True,
+    )
