@@ -33,6 +33,8 @@ from .lighting import LAMBERT_BAND_CONSTANTS, SH_COEFFICIENTS, _Y0, sh_basis
 
 # Parsing labels the photometric term trusts: the albedo model knows skin, not eyes, brows or teeth.
 FIT_LABELS = ("skin", "nose")
+# How far (in eye distances) the skin mask keeps away from the landmark-drawn eyes, brows and mouth.
+EXCLUDE_GROW = 0.08
 # Cosine between the vertex normal and the direction to the camera: no weight below the first, full above.
 GRAZING_COSINE = (0.15, 0.45)
 # A vertex is hidden when the z-buffer at its pixel is nearer than its own depth by more than this (metres).
@@ -51,11 +53,22 @@ _STEPS = {
 }
 
 
-def skin_mask(landmarks_px: np.ndarray, size: int, labels=FIT_LABELS) -> np.ndarray:
-    """(B, 68, 2) landmarks → (B, size, size) bool: the landmark-drawn face parts in `labels`."""
+def skin_mask(landmarks_px: np.ndarray, size: int, labels=FIT_LABELS, grow: float = EXCLUDE_GROW) -> np.ndarray:
+    """(B, 68, 2) landmarks → (B, size, size) bool: the landmark-drawn face parts in `labels`, less the eyes
+    and brows grown by `grow` eye distances (landmark-drawn brows are thinner than most brows)."""
     wanted = [PARSING_LABELS.index(name) for name in labels]
+    excluded = [PARSING_LABELS.index(name) for name in ("brows", "eyes")]
     landmarks = np.asarray(landmarks_px, np.float64).reshape(-1, 68, 2)
-    return np.stack([np.isin(parsing_from_landmarks(points, size, size), wanted) for points in landmarks])
+    masks = []
+    for points in landmarks:
+        parsing = parsing_from_landmarks(points, size, size)
+        radius = int(round(grow * np.linalg.norm(points[42:48].mean(0) - points[36:42].mean(0))))
+        near_excluded = np.isin(parsing, excluded).astype(np.uint8)
+        if radius > 0:
+            kernel = cv2.getStructuringElement(cv2.MORPH_ELLIPSE, (2 * radius + 1, 2 * radius + 1))
+            near_excluded = cv2.dilate(near_excluded, kernel)
+        masks.append(np.isin(parsing, wanted) & (near_excluded == 0))
+    return np.stack(masks)
 
 
 def _smoothstep(value: torch.Tensor, low: float, high: float) -> torch.Tensor:
@@ -63,7 +76,7 @@ def _smoothstep(value: torch.Tensor, low: float, high: float) -> torch.Tensor:
     return t * t * (3.0 - 2.0 * t)
 
 
-def _to_images(images) -> torch.Tensor:
+def to_images(images) -> torch.Tensor:
     """(B, S, S, 3) uint8 array/tensor or float in [0, 1] → (B, 3, S, S) float32 in [0, 1]."""
     tensor = torch.as_tensor(np.asarray(images)) if not isinstance(images, torch.Tensor) else images
     tensor = tensor.reshape(-1, *tensor.shape[-3:])
@@ -79,7 +92,7 @@ def _blur(images: torch.Tensor, sigma: float) -> torch.Tensor:
     return torch.from_numpy(blurred.reshape(array.shape)).permute(0, 3, 1, 2).contiguous()
 
 
-def _sample(images: torch.Tensor, points_px: torch.Tensor) -> torch.Tensor:
+def sample_image(images: torch.Tensor, points_px: torch.Tensor) -> torch.Tensor:
     """Bilinear colours (B, N, 3) of images (B, 3, S, S) at pixel points (B, N, 2) (centres at +0.5)."""
     size = images.shape[-1]
     grid = (points_px * (2.0 / size) - 1.0)[:, :, None]  # align_corners=False: pixel centres at +0.5
@@ -149,7 +162,7 @@ def vertex_visibility(
         return unoccluded.to(camera.dtype) * _smoothstep(cosine, *GRAZING_COSINE)
 
 
-def _mask_at(masks: torch.Tensor, points_px: torch.Tensor) -> torch.Tensor:
+def mask_at(masks: torch.Tensor, points_px: torch.Tensor) -> torch.Tensor:
     """(B, S, S) masks looked up at the nearest pixel of (B, N, 2) points → (B, N) float."""
     size = masks.shape[-1]
     col = points_px[..., 0].floor().long().clamp(0, size - 1)
@@ -247,7 +260,7 @@ def fit_photometric(
     dtype = torch.float32
     area = _FaceArea(face_model)
     image_size = int(np.asarray(images).shape[-2]) if not isinstance(images, torch.Tensor) else images.shape[-2]
-    photos = _to_images(images)
+    photos = to_images(images)
     blurred = _blur(photos, blur_px)
     batch = photos.shape[0]
     target_px = torch.as_tensor(landmarks_px, dtype=dtype).reshape(batch, 68, 2)
@@ -272,8 +285,8 @@ def fit_photometric(
     with torch.no_grad():
         camera, normals, projected = area.geometry(params["identity"], params["expression"], pose(), image_size)
         weights = vertex_visibility(camera, normals, projected, area.triangles, image_size)
-        weights = weights * _mask_at(masks, projected[..., :2])
-        colours = _sample(blurred, projected[..., :2])
+        weights = weights * mask_at(masks, projected[..., :2])
+        colours = sample_image(blurred, projected[..., :2])
         for _ in range(LINEAR_ROUNDS if fit_texture else 1):
             params["lighting"] = solve_lighting(
                 area.albedo(params["texture"]), normals, colours, weights, ambient, lighting_prior
@@ -294,7 +307,7 @@ def fit_photometric(
         with torch.enable_grad():
             camera, normals, projected = area.geometry(params["identity"], params["expression"], pose(), image_size)
             rendered = face_model.shade(area.albedo(params["texture"]), normals, params["lighting"])
-            distance = (rendered - _sample(blurred, projected[..., :2])).pow(2).sum(-1).add(1e-8).sqrt()
+            distance = (rendered - sample_image(blurred, projected[..., :2])).pow(2).sum(-1).add(1e-8).sqrt()
             photometric = (weights * distance).sum(1) / weights.sum(1).clamp_min(1e-6)
             landmarks_now = face_model.project(_landmarks(face_model, params, pose()), image_size)[..., :2]
             landmark_term = ((landmarks_now - target_px) / image_size).pow(2).sum((1, 2))
@@ -313,7 +326,7 @@ def fit_photometric(
             if fit_shape and visibility_every and (step + 1) % visibility_every == 0 and step + 1 < iterations:
                 camera, normals, projected = area.geometry(params["identity"], params["expression"], pose(), image_size)
                 weights = vertex_visibility(camera, normals, projected, area.triangles, image_size)
-                weights = weights * _mask_at(masks, projected[..., :2])
+                weights = weights * mask_at(masks, projected[..., :2])
 
     result = {
         "identity": params["identity"],
