@@ -120,3 +120,20 @@ def test_landmark_calibration_file_is_symmetric_and_near_ict():
     assert record["bias_after"]["val_adults"]["identity_rms_of_means"] < record["bias_before"]["val_adults"][
         "identity_rms_of_means"
     ]
+
+
+@pytest.mark.integration
+def test_albedo_file_sets_the_texture_basis(tmp_path):
+    npz = data_root() / "ict_face_model" / "ict_face_model.npz"
+    if not npz.is_file():
+        pytest.skip("needs the ICT archive in the shared data")
+    from build_face_model import build
+
+    rng = np.random.default_rng(0)
+    albedo = tmp_path / "albedo.npz"
+    np.savez(albedo, texture_mean=rng.uniform(0.3, 0.7, (11248, 3)), texture_basis=rng.normal(0, 0.01, (5, 11248, 3)),
+             provenance="test statistics")
+    model = build(npz, albedo_path=albedo)[0]
+    assert model.config.has_texture_basis and model.config.texture_source == "test statistics"
+    assert model.texture_basis.shape == (80, 11248, 3) and not model.texture_basis[5:].any()
+    np.testing.assert_allclose(model.texture_basis[:5].numpy(), np.load(albedo)["texture_basis"], rtol=1e-6)

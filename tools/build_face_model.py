@@ -19,8 +19,11 @@ stay int64). What it decides, and why:
   UTKFace faces with dlib's 68 points (fit without the jaw, then predict it): at |yaw| > 20° the jaw
   error falls from 8.5 px (fixed ICT vertices, 224-px crop) to 6.1-6.8 px; the substitutes alone fix only
   the side turned towards the camera and the horizontal lines alone only the side turned away.
-- Albedo: no texture basis yet (`has_texture_basis=False`): one skin colour, the median cheek colour
-  of 600 random UTKFace crops (only this average is kept), and an all-zero basis.
+- Albedo: without `--albedo`, no texture basis (`has_texture_basis=False`): one skin colour, the median
+  cheek colour of 600 random UTKFace crops (only this average is kept), and an all-zero basis. With
+  `--albedo <npz>` (from `python -m eyeglass3d.training.build_albedo`), its per-vertex mean and 80 N(0, 1)
+  modes, and `texture_source` in the config says where they come from: statistics of UTKFace photos, whose
+  terms (non-commercial research only) then apply to the component.
 - `mirror_index`: nearest neighbour of (-x, y, z) on the mean shape, to fill occluded texture from the
   other side of the face.
 - Landmarks: ICT's 68 vertices are replaced by those in `landmarks_dlib68.json` (`--landmarks`), where
@@ -261,8 +264,11 @@ def mirror_index(vertices: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     return index.astype(np.int64), distance
 
 
-def build(npz_path: Path, landmarks: np.ndarray | None = None) -> tuple[FaceModel, dict]:
-    """The component and a report of its calibration; `landmarks` (68,) overrides the landmark vertices."""
+def build(
+    npz_path: Path, landmarks: np.ndarray | None = None, albedo_path: Path | None = None
+) -> tuple[FaceModel, dict]:
+    """The component and a report of its calibration; `landmarks` (68,) overrides the landmark vertices,
+    `albedo_path` (from `eyeglass3d.training.build_albedo`) gives the texture mean and basis."""
     ict = np.load(npz_path)
     identity_dim = COEFFICIENT_SIZES["identity"]
     mean_m = ict["vertices"].astype(np.float64) / 100.0
@@ -292,6 +298,7 @@ def build(npz_path: Path, landmarks: np.ndarray | None = None) -> tuple[FaceMode
         "expression_basis_m": ict["expression_basis"].astype(np.float64) / 100.0,
         "texture_mean": np.tile(np.asarray(SKIN_RGB), (num_vertices, 1)),
         "texture_basis": np.zeros((COEFFICIENT_SIZES["texture"], num_vertices, 3)),
+        **(albedo_arrays(albedo_path, num_vertices) if albedo_path is not None else {}),
         "triangles": triangles.astype(np.int64),
         "uv_coords": np.concatenate([ict["uv_coords"], cap_uv]),
         "uv_triangles": uv_triangles.astype(np.int64),
@@ -307,7 +314,8 @@ def build(npz_path: Path, landmarks: np.ndarray | None = None) -> tuple[FaceMode
         focal_ratio=focal_ratio,
         camera_distance_m=CAMERA_DISTANCE_M,
         head_offset_y_m=head_offset_y_m,
-        has_texture_basis=False,
+        has_texture_basis=albedo_path is not None,
+        texture_source=albedo_source(albedo_path) if albedo_path is not None else "",
     )
     report = {
         "focal_ratio": focal_ratio,
@@ -318,6 +326,23 @@ def build(npz_path: Path, landmarks: np.ndarray | None = None) -> tuple[FaceMode
         "mirror_median_mm": 1000 * np.median(mirror_distance_m),
     }
     return model, report
+
+
+def albedo_arrays(albedo_path: Path, num_vertices: int) -> dict[str, np.ndarray]:
+    """texture_mean (N, 3) and texture_basis (80, N, 3) from a build_albedo npz (fewer modes are zero-padded)."""
+    with np.load(albedo_path) as albedo:
+        mean, basis = albedo["texture_mean"].astype(np.float64), albedo["texture_basis"].astype(np.float64)
+    modes = COEFFICIENT_SIZES["texture"]
+    if mean.shape != (num_vertices, 3) or basis.shape[1:] != (num_vertices, 3) or len(basis) > modes:
+        raise ValueError(f"{albedo_path}: texture arrays {mean.shape}, {basis.shape} do not fit {num_vertices} vertices")
+    padded = np.zeros((modes, num_vertices, 3))
+    padded[: len(basis)] = basis
+    return {"texture_mean": mean, "texture_basis": padded}
+
+
+def albedo_source(albedo_path: Path) -> str:
+    with np.load(albedo_path) as albedo:
+        return str(albedo["provenance"])
 
 
 def fp16_errors_mm(model: FaceModel) -> dict[str, float]:
@@ -337,13 +362,19 @@ def main() -> None:
         "--landmarks", type=Path, default=LANDMARKS_JSON, help="landmark vertices from calibrate_landmarks.py; "
         "ICT's own when the file is missing"
     )
+    parser.add_argument(
+        "--albedo", type=Path, default=None, help="texture mean and basis from eyeglass3d.training.build_albedo "
+        "(sets has_texture_basis; UTKFace-derived: non-commercial research only)"
+    )
     args = parser.parse_args()
 
     landmarks = None
     if args.landmarks.is_file():
         landmarks = np.asarray(json.loads(args.landmarks.read_text())["landmarks68"], np.int64)
         print(f"landmark vertices from {args.landmarks.name}")
-    model, report = build(args.npz, landmarks)
+    model, report = build(args.npz, landmarks, args.albedo)
+    if args.albedo is not None:
+        print(f"texture basis from {args.albedo}: {model.config.texture_source}")
     for name, value in report.items():
         print(f"{name}: {value:.6g}")
     reference = {name: buffer.clone() for name, buffer in model.double().named_buffers()}

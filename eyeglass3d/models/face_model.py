@@ -75,6 +75,7 @@ class FaceModel(ModelMixin, ConfigMixin):
         head_offset_y_m: float = 0.0,
         ambient_light: float = 1.0,
         has_texture_basis: bool = False,
+        texture_source: str = "",
     ):
         super().__init__()
         buffers = {
@@ -124,8 +125,9 @@ class FaceModel(ModelMixin, ConfigMixin):
         )
 
     def albedo(self, texture: torch.Tensor) -> torch.Tensor:
-        """(B, texture_dim) → (B, N, 3) linear RGB albedo in [0, 1] (a constant skin colour while
-        `config.has_texture_basis` is False: the basis is then all zeros)."""
+        """(B, texture_dim) → (B, N, 3) albedo in [0, 1], in the photo's own values / 255 (a constant skin
+        colour while `config.has_texture_basis` is False: the basis is then all zeros). Coefficients are
+        N(0, 1) per mode; `config.texture_source` says where the basis comes from."""
         return self.texture_mean + torch.einsum("bk,knc->bnc", texture, self.texture_basis)
 
     def vertex_normals(self, vertices: torch.Tensor) -> torch.Tensor:
