@@ -22,6 +22,7 @@ from .errors import FaceNotFoundError
 from .geometry import alignment
 from .geometry.face_regions import PARSING_LABELS, grow_glasses_mask, parsing_from_landmarks
 from .geometry.fitting import fit_landmarks
+from .geometry.photometric_fit import bounded_shading, fit_photometric
 from .image_io import fit_within, load_image
 from .inpaint_classical import classical_inpaint
 from .mesh import build_mesh
@@ -291,14 +292,19 @@ class Eyeglass3DPipeline(DiffusionPipeline):
             coefficients = self.regressor.split(self.regressor(_to_tensor(crop)).float())
             return coefficients, "network"
         matrix = alignment.crop_matrix(points5, FIT_CROP_SIZE)
-        landmarks_crop = alignment.transform_points(matrix, landmarks_px)
+        stage = "fitted to the 68 landmarks (no regressor network shipped)"
         with torch.inference_mode(False), torch.enable_grad():
-            fitted = fit_landmarks(self.face_model, torch.from_numpy(landmarks_crop).float()[None], FIT_CROP_SIZE)
+            landmarks_crop = torch.from_numpy(alignment.transform_points(matrix, landmarks_px)).float()[None]
+            fitted = fit_landmarks(self.face_model, landmarks_crop, FIT_CROP_SIZE)
+            if self.face_model.config.has_texture_basis:  # albedo and light for the texture's unseen parts
+                crop = alignment.warp_crop(rgb, matrix, FIT_CROP_SIZE)
+                fitted = fit_photometric(self.face_model, crop[None], landmarks_crop, fitted)
+                stage = "fitted to the 68 landmarks and the photo's colours (no regressor network shipped)"
         coefficients = {
             name: fitted[name].detach().reshape(1, -1) if name in fitted else torch.zeros(1, size)
             for name, size in COEFFICIENT_SIZES.items()
         }
-        return coefficients, "fitted to the 68 landmarks (no regressor network shipped)"
+        return coefficients, stage
 
     def _textured_mesh(self, rgb, points5, coefficients):
         """Mesh in model space (metres), textured from the photo where visible, albedo × light elsewhere."""
@@ -310,7 +316,7 @@ class Eyeglass3DPipeline(DiffusionPipeline):
         crop = alignment.warp_crop(rgb, matrix, TEXTURE_CROP_SIZE)
         albedo = model.albedo(coefficients["texture"])
         normals = model.vertex_normals(camera)
-        shaded = model.shade(albedo, normals, coefficients["lighting"]).clamp(0, 1)
+        shaded = bounded_shading(model, albedo, camera, normals, coefficients["lighting"]).clamp(0, 1)
         texture, _ = unwrap_texture(
             crop,
             projected[0].numpy(),

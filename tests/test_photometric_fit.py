@@ -3,6 +3,7 @@
 import math
 
 import numpy as np
+import pytest
 import torch
 from tiny_face_model import dome_face_model
 
@@ -122,3 +123,34 @@ def test_solve_lighting_is_exact_on_noise_free_colours():
     colours = model.shade(albedo, normals, lighting)
     solved = solve_lighting(albedo, normals, colours, torch.ones(3, 500), ambient=1.0, prior=1e-10)
     torch.testing.assert_close(solved, lighting, atol=1e-4, rtol=0)
+
+
+@pytest.mark.integration
+def test_pipeline_fits_texture_and_light_when_the_model_has_a_basis():
+    """Without a regressor, a face model with a texture basis gets texture and lighting from the photo, and the
+    texture's unseen parts are filled with that albedo × light (a random basis here, so only the plumbing)."""
+    import PIL.Image
+
+    from eyeglass3d import Eyeglass3DPipeline, FaceModel, LandmarkRegressor, MTCNNDetector
+    from eyeglass3d.paths import REPO_ROOT, default_weights
+
+    weights = default_weights()
+    if not (weights / "face_model" / "config.json").is_file():
+        pytest.skip("needs the shipped face model and detector")
+    shipped = FaceModel.from_pretrained(weights / "face_model").float()
+    arrays = {name: buffer.numpy() for name, buffer in shipped.named_buffers()}
+    arrays["texture_basis"] = np.random.default_rng(0).normal(0, 0.01, arrays["texture_basis"].shape)
+    keep = ("expression_names", "face_area_vertices", "face_area_triangles", "focal_ratio", "camera_distance_m",
+            "head_offset_y_m", "ambient_light")
+    model = FaceModel.from_arrays(arrays, **{name: shipped.config[name] for name in keep}, has_texture_basis=True,
+                                  texture_source="random, for a test")
+    pipe = Eyeglass3DPipeline(
+        detector=MTCNNDetector.from_pretrained(weights / "detector").float(),
+        landmarker=LandmarkRegressor(input_size=64, variant="small", width_mult=0.25).eval(),
+        face_model=model,
+    )
+    photo = PIL.Image.open(REPO_ROOT / "examples" / "astronaut.jpg")
+    output = pipe(photo)
+    assert "colours" in output.stages["regressor"]
+    assert np.abs(output.coefficients["texture"]).sum() > 0 and np.abs(output.coefficients["lighting"]).sum() > 0
+    assert output.mesh.visual.uv is not None

@@ -29,7 +29,7 @@ from ..models.face_model import FaceModel, contour_choice
 from ..render.rasterizer import rasterize
 from .camera import rotation_matrix
 from .face_regions import PARSING_LABELS, parsing_from_landmarks
-from .lighting import LAMBERT_BAND_CONSTANTS, SH_COEFFICIENTS, _Y0, sh_basis
+from .lighting import LAMBERT_BAND_CONSTANTS, SH_COEFFICIENTS, _Y0, irradiance, sh_basis
 
 # Parsing labels the photometric term trusts: the albedo model knows skin, not eyes, brows or teeth.
 FIT_LABELS = ("skin", "nose")
@@ -37,6 +37,8 @@ FIT_LABELS = ("skin", "nose")
 EXCLUDE_GROW = 0.08
 # Cosine between the vertex normal and the direction to the camera: no weight below the first, full above.
 GRAZING_COSINE = (0.15, 0.45)
+# Vertices whose normal is within acos(this) of the camera direction bound the fill's irradiance.
+FACING_COSINE = 0.3
 # A vertex is hidden when the z-buffer at its pixel is nearer than its own depth by more than this (metres).
 DEPTH_TOLERANCE_M = 0.004
 
@@ -356,3 +358,21 @@ def _landmarks(face_model: FaceModel, params: dict[str, torch.Tensor], pose: tor
     chosen = contour_choice(jaw)
     jaw_points = jaw.gather(2, chosen[..., None, None].expand(-1, -1, 1, 3))[:, :, 0]
     return torch.cat([jaw_points, camera[:, candidates.numel() :]], 1)
+
+
+def bounded_shading(
+    face_model: FaceModel, albedo: torch.Tensor, camera: torch.Tensor, normals: torch.Tensor, lighting: torch.Tensor
+) -> torch.Tensor:
+    """Albedo × SH irradiance (B, N, 3), the irradiance held per channel within the range it takes on the
+    vertices that face the camera.
+
+    A fit sees light only on the visible side; second-order SH extrapolated to the back of the head swings
+    to odd colours. This is the colour the pipeline fills unseen texture with. Zero lighting is unchanged.
+    """
+    light = irradiance(normals, lighting, face_model.config.ambient_light)
+    facing = (normals * torch.nn.functional.normalize(-camera, dim=-1)).sum(-1) > FACING_COSINE  # (B, N)
+    huge = torch.finfo(light.dtype).max
+    low = torch.where(facing[..., None], light, huge).amin(1, keepdim=True)
+    high = torch.where(facing[..., None], light, -huge).amax(1, keepdim=True)
+    bounded = torch.where(facing.any(1)[:, None, None], torch.minimum(torch.maximum(light, low), high), light)
+    return albedo * bounded
