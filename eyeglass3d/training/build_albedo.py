@@ -24,13 +24,16 @@ Per face (glasses-free TRAINING faces only; the UTKFace terms apply: non-commerc
 Work is done per vertex, in the face model's own layout, rather than through a UV texture: `FaceModel`
 stores per-vertex albedo, the vertices are as dense as the 224-px crop's pixels, and the PCA stays small
 (33,744 values per face). Chunks of faces go to `<out>.chunks/` as they finish, so an interrupted run
-resumes; the log is `<out>.log`. Held-out val faces, processed the same way, measure how much better the
+resumes (with the same settings and face model; otherwise it stops and asks for the folder to be deleted);
+the log is `<out>.log`. Held-out val faces, processed the same way, measure how much better the
 basis reconstructs a new face than the mean alone.
 """
 
 from __future__ import annotations
 
 import argparse
+import hashlib
+import json
 import logging
 import time
 from pathlib import Path
@@ -219,6 +222,23 @@ def heldout_errors(filled: np.ndarray, weight: np.ndarray, mean: np.ndarray, bas
     return {"mean_only": error(np.broadcast_to(mean, flat.shape)), "basis": error(reconstructed)}
 
 
+def fingerprint(face_model: FaceModel) -> str:
+    """What the per-face results depend on: the face model's config, landmarks, triangles and albedo."""
+    digest = hashlib.sha1(json.dumps(dict(face_model.config), sort_keys=True, default=str).encode())
+    for name in ("landmark_indices", "contour_candidate_indices", "triangles", "texture_mean"):
+        digest.update(getattr(face_model, name).numpy().tobytes())
+    return digest.hexdigest()[:16]
+
+
+def check_settings(chunk_dir: Path, settings: dict) -> None:
+    """Chunks are only reused by a run with the same settings; otherwise stop before mixing them."""
+    chunk_dir.mkdir(parents=True, exist_ok=True)
+    path = chunk_dir / "settings.json"
+    if path.is_file() and json.loads(path.read_text()) != settings:
+        raise SystemExit(f"{chunk_dir} holds chunks of other settings ({path.read_text().strip()}); delete it to start over")
+    path.write_text(json.dumps(settings) + "\n")
+
+
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--out", type=Path, default=REPO_ROOT / "cache" / "albedo_model.npz")
@@ -242,6 +262,8 @@ def main(argv: list[str] | None = None) -> None:
         LOG.warning("%s already has a texture basis; its albedo is used only for the lighting fit", args.face_model)
     LOG.info("build_albedo %s", vars(args))
     chunk_dir = args.out.with_suffix(".chunks")
+    check_settings(chunk_dir, {"face_model": fingerprint(face_model), "iterations": args.iterations,
+                               "faces": args.faces, "val_faces": args.val_faces, "chunk": args.chunk})
     train = FaceRecords("train", glasses="without")
     order = np.random.default_rng(0).permutation(len(train))[: args.faces]
     data = run_chunks(face_model, train, order, chunk_dir, args.chunk, args.iterations, "train")
