@@ -99,7 +99,8 @@ def test_skin_mask_leaves_out_eyes_brows_and_mouth():
     # A schematic frontal face: jaw, brows, nose, eyes, mouth in a 100-px crop.
     jaw = np.stack([np.linspace(20, 80, 17), 50 + 30 * np.sin(np.linspace(0, np.pi, 17))], 1)
     brows = np.stack([np.r_[np.linspace(28, 44, 5), np.linspace(56, 72, 5)], np.full(10, 35.0)], 1)
-    nose = np.stack([np.r_[np.full(4, 50.0), np.linspace(44, 56, 5)], np.r_[np.linspace(40, 55, 4), np.full(5, 58.0)]], 1)
+    nose = np.stack([np.r_[np.full(4, 50.0), np.linspace(44, 56, 5)],
+                     np.r_[np.linspace(40, 55, 4), np.full(5, 58.0)]], 1)
     angles = np.linspace(0, 2 * np.pi, 7)[:-1]
     eyes = np.concatenate([np.stack([36 + 6 * np.cos(angles), 42 + 3 * np.sin(angles)], 1),
                            np.stack([64 + 6 * np.cos(angles), 42 + 3 * np.sin(angles)], 1)])

@@ -249,7 +249,8 @@ def _free_spot(occupied: np.ndarray, height: int, width: int) -> tuple[int, int]
     """Top-left (row, col) of a free height×width block, scanning tile 1 (the head) before tile 0."""
     texels = occupied.shape[0]
     integral = np.pad(occupied.astype(np.int64).cumsum(0).cumsum(1), ((1, 0), (1, 0)))
-    used = integral[height:, width:] - integral[:-height, width:] - integral[height:, :-width] + integral[:-height, :-width]
+    used = integral[height:, width:] - integral[:-height, width:]
+    used = used - integral[height:, :-width] + integral[:-height, :-width]
     for tile in (1, 0):
         columns = np.arange(used.shape[1])
         in_tile = (columns >= tile * texels) & (columns + width <= (tile + 1) * texels)
@@ -334,7 +335,8 @@ def albedo_arrays(albedo_path: Path, num_vertices: int) -> dict[str, np.ndarray]
         mean, basis = albedo["texture_mean"].astype(np.float64), albedo["texture_basis"].astype(np.float64)
     modes = COEFFICIENT_SIZES["texture"]
     if mean.shape != (num_vertices, 3) or basis.shape[1:] != (num_vertices, 3) or len(basis) > modes:
-        raise ValueError(f"{albedo_path}: texture arrays {mean.shape}, {basis.shape} do not fit {num_vertices} vertices")
+        raise ValueError(f"{albedo_path}: texture arrays {mean.shape}, {basis.shape} do not fit {num_vertices} "
+                         "vertices")
     padded = np.zeros((modes, num_vertices, 3))
     padded[: len(basis)] = basis
     return {"texture_mean": mean, "texture_basis": padded}

@@ -173,7 +173,8 @@ def main() -> None:
         changed = int((updated != landmarks_v).sum())
         landmarks_v = updated
         model = build(args.npz, landmarks_v)[0].float()
-        print(f"round {round_index}: {changed} landmarks changed; val adults", json.dumps(bias_report(model, val_adults)))
+        report = json.dumps(bias_report(model, val_adults))
+        print(f"round {round_index}: {changed} landmarks changed; val adults", report)
         if changed == 0:
             break
     after = {"val_adults": bias_report(model, val_adults), "val_all": bias_report(model, val_all)}

@@ -109,7 +109,8 @@ def face_albedo(
                 continue
             median = luminance[face, trusted].median()
             spread = 1.4826 * (luminance[face, trusted] - median).abs().median().clamp_min(1e-3)
-            inlier = (luminance[face] > median - DARK_OUTLIER * spread) & (luminance[face] < median + BRIGHT_OUTLIER * spread)
+            low, high = median - DARK_OUTLIER * spread, median + BRIGHT_OUTLIER * spread
+            inlier = (luminance[face] > low) & (luminance[face] < high)
             weight[face] = weight[face] * inlier
     return albedo.clamp(0.0, 1.5), weight
 
@@ -235,7 +236,8 @@ def check_settings(chunk_dir: Path, settings: dict) -> None:
     chunk_dir.mkdir(parents=True, exist_ok=True)
     path = chunk_dir / "settings.json"
     if path.is_file() and json.loads(path.read_text()) != settings:
-        raise SystemExit(f"{chunk_dir} holds chunks of other settings ({path.read_text().strip()}); delete it to start over")
+        raise SystemExit(f"{chunk_dir} holds chunks of other settings ({path.read_text().strip()}); "
+                         "delete it to start over")
     path.write_text(json.dumps(settings) + "\n")
 
 
@@ -276,7 +278,8 @@ def main(argv: list[str] | None = None) -> None:
     default = np.median(albedo[weight > 0.9], axis=0)
     mean_albedo = population_mean(albedo, weight, default)
     filled = fill_albedo(albedo, weight, mirror, mean_albedo)
-    LOG.info("%d faces, observed vertices per face %.0f (weight > 0.5), PCA ...", len(filled), (weight > 0.5).sum(1).mean())
+    LOG.info("%d faces, observed vertices per face %.0f (weight > 0.5), PCA ...", len(filled),
+             (weight > 0.5).sum(1).mean())
     mean, basis, std = albedo_pca(filled.reshape(len(filled), -1), args.modes)
     total_variance = float(((filled.reshape(len(filled), -1) - mean) ** 2).sum() / (len(filled) - 1))
     explained = float((std**2).sum() / total_variance)
