@@ -2,17 +2,13 @@
 
 from __future__ import annotations
 
-from pathlib import Path
-
 import numpy as np
-import PIL.Image
 import pytest
 import torch
 
-from eyeglass3d.geometry.alignment import EYE_BAND, crop_matrix, invert_affine, transform_points
+from eyeglass3d.geometry.alignment import EYE_BAND
 from eyeglass3d.models.inpainter import InpaintGenerator
-from eyeglass3d.models.landmarker import FRONTAL_MEAN_LANDMARKS, LandmarkRegressor
-from eyeglass3d.training.datasets import FaceRecord
+from eyeglass3d.models.landmarker import LandmarkRegressor
 from eyeglass3d.training.discriminator import PatchDiscriminator
 from eyeglass3d.training.eye_band import band_batch
 from eyeglass3d.training.glasses_cache import GlassesCopies
@@ -33,31 +29,12 @@ from eyeglass3d.training.train_inpainter import (
     train_step,
 )
 
-EXAMPLES = Path(__file__).resolve().parent.parent / "examples"
-
 
 @pytest.fixture(scope="module")
-def records():
-    """Two real photos with plausible 68-point labels placed from five hand-read points."""
-    out = []
-    five = {
-        "astronaut.jpg": [[205, 108], [243, 106], [224, 128], [208, 148], [241, 147]],
-        "grace_hopper.jpg": [[226, 205], [304, 203], [268, 247], [234, 285], [297, 285]],
-    }
-    for name, points in five.items():
-        image = np.asarray(PIL.Image.open(EXAMPLES / name).convert("RGB"))
-        points5 = np.array(points, np.float64)
-        unit = np.array(FRONTAL_MEAN_LANDMARKS) + np.random.default_rng(0).normal(0, 0.01, (68, 2))
-        landmarks = transform_points(invert_affine(crop_matrix(points5, 1)), unit).astype(np.float32)
-        out.append(FaceRecord(image, landmarks, points5.astype(np.float32), np.zeros(128, np.float32), False))
-    return out
-
-
-@pytest.fixture(scope="module")
-def copies(records):
+def copies(example_records):
     """Fake 'glasses': a dark rectangle over both eyes, and exactly that rectangle as the mask."""
     images, masks = [], []
-    for record in records:
+    for record in example_records:
         eyes = record.landmarks68_px[36:48]
         (x0, y0), (x1, y1) = eyes.min(0) - 6, eyes.max(0) + 6
         mask = np.zeros(record.image.shape[:2], bool)
@@ -159,7 +136,7 @@ def test_style_features_are_frozen_but_pass_gradients():
     assert image.grad is not None and image.grad.abs().sum() > 0
 
 
-def test_a_few_training_steps_lower_the_loss(records, copies):
+def test_a_few_training_steps_lower_the_loss(example_records, copies):
     torch.manual_seed(0)
     size_hw = (32, 64)
     generator = InpaintGenerator(base_channels=8, channel_multipliers=(2, 2, 2), num_residual_blocks=1,
@@ -169,7 +146,7 @@ def test_a_few_training_steps_lower_the_loss(records, copies):
     optimizer_g = torch.optim.Adam(generator.parameters(), 3e-3, betas=(0.5, 0.9))
     optimizer_d = torch.optim.Adam(discriminator.parameters(), 1e-3, betas=(0.5, 0.9))
     rng = np.random.default_rng(0)
-    batch = band_batch(records, copies, [0, 1, 0, 1], EYE_BAND, size_hw, rng, train=False, glasses_probability=1.0)
+    batch = band_batch(example_records, copies, [0, 1, 0, 1], EYE_BAND, size_hw, rng, train=False, glasses_probability=1.0)
     assert batch.mask.sum() > 0 and batch.worn.all()
     mask, guidance = generator_inputs(batch, rng, max_dilation=2, landmark_noise_px=0.5, sigma=1.0, channels=5)
     assert (mask >= batch.mask).all() and guidance.shape == (4, 5, *size_hw)

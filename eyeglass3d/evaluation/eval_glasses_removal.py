@@ -24,8 +24,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import statistics
-import time
 from pathlib import Path
 
 import numpy as np
@@ -34,6 +32,7 @@ import torch
 from tqdm import tqdm
 
 from eyeglass3d.evaluation.metrics import iou, psnr, ssim
+from eyeglass3d.evaluation.timing import forward_ms
 from eyeglass3d.geometry.face_regions import grow_glasses_mask
 from eyeglass3d.inpaint_classical import classical_inpaint
 from eyeglass3d.paths import REPO_ROOT, default_weights
@@ -111,21 +110,6 @@ def grid_image(triplets: list[tuple[np.ndarray, np.ndarray, np.ndarray]], cell: 
             resized = np.asarray(PIL.Image.fromarray(picture).resize((cell, cell), PIL.Image.BILINEAR))
             canvas[y:y + cell, x + offset * cell:x + (offset + 1) * cell] = resized
     return canvas
-
-
-def forward_ms(run, repeats: int) -> dict[str, float]:
-    """Median milliseconds of `run()` in fp32 and under bf16 autocast (5 warm-up calls each)."""
-    results = {}
-    for name, autocast in (("fp32", False), ("bf16", True)):
-        times = []
-        with torch.inference_mode(), torch.autocast("cpu", dtype=torch.bfloat16, enabled=autocast):
-            for index in range(repeats + 5):
-                started = time.perf_counter()
-                run()
-                if index >= 5:
-                    times.append((time.perf_counter() - started) * 1e3)
-        results[name] = round(statistics.median(times), 2)
-    return results
 
 
 def latency_ms(parser, inpainter, threads: list[int], repeats: int) -> dict[str, dict]:

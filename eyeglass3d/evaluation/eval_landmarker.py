@@ -13,8 +13,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import statistics
-import time
 from pathlib import Path
 
 import numpy as np
@@ -22,6 +20,7 @@ import torch
 from tqdm import tqdm
 
 from eyeglass3d.evaluation.metrics import normalised_mean_error
+from eyeglass3d.evaluation.timing import forward_ms
 from eyeglass3d.paths import REPO_ROOT, default_weights
 
 EVAL_SEED = 20221  # glasses drawn for evaluation only; training seeds are small integers
@@ -40,17 +39,7 @@ def predict(detector, landmarker, image: np.ndarray) -> np.ndarray | None:
 def latency_ms(landmarker, repeats: int = 50) -> dict[str, float]:
     size = landmarker.config.input_size
     crop = torch.rand(1, 3, size, size)
-    results = {}
-    for name, autocast in (("fp32", False), ("bf16", True)):
-        times = []
-        with torch.inference_mode(), torch.autocast("cpu", dtype=torch.bfloat16, enabled=autocast):
-            for index in range(repeats + 5):
-                started = time.perf_counter()
-                landmarker(crop)
-                if index >= 5:
-                    times.append((time.perf_counter() - started) * 1e3)
-        results[name] = round(statistics.median(times), 2)
-    return results
+    return forward_ms(lambda: landmarker(crop), repeats)
 
 
 def main(argv: list[str] | None = None) -> None:

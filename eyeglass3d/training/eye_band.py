@@ -13,6 +13,8 @@ One sampler serves both networks, so they see the same band the pipeline cuts at
 
 from __future__ import annotations
 
+import logging
+from pathlib import Path
 from typing import NamedTuple
 
 import numpy as np
@@ -20,9 +22,10 @@ import torch
 
 from eyeglass3d.geometry.alignment import region_matrix, transform_points, warp_crop
 from eyeglass3d.geometry.face_regions import PARSING_LABELS, parsing_from_landmarks
+from eyeglass3d.paths import REPO_ROOT
 from eyeglass3d.training.augment import flip_points, jitter_points, photometric
 from eyeglass3d.training.datasets import FaceRecords
-from eyeglass3d.training.glasses_cache import GlassesCopies
+from eyeglass3d.training.glasses_cache import GlassesCopies, glasses_copies
 
 EYEGLASSES = PARSING_LABELS.index("eyeglasses")
 
@@ -113,6 +116,21 @@ def band_batch(
         torch.from_numpy(np.stack(landmarks)).float(),
         np.array(worn),
     )
+
+
+def glasses_free_splits(
+    labels_path: Path, train_copies: int, log: logging.Logger
+) -> tuple[FaceRecords, FaceRecords, GlassesCopies, GlassesCopies]:
+    """Train and val faces without real eyeglasses, with their synthetic composites (shared on disk by
+    the parser and the inpainter). Real wearers are left out: their own glasses would be labelled "not
+    glasses" for the parser and would be inpainting targets for the generator."""
+    train = FaceRecords("train", labels_path=labels_path, glasses="without")
+    val = FaceRecords("val", labels_path=labels_path, glasses="without")
+    cache_dir = REPO_ROOT / "cache"
+    cache_dir.mkdir(exist_ok=True)
+    copies = glasses_copies(train, train_copies, 100, cache_dir, log), glasses_copies(val, 1, 101, cache_dir, log)
+    log.info("train %d faces, val %d faces (glasses-free)", len(train), len(val))
+    return train, val, *copies
 
 
 def dilate_masks(mask: torch.Tensor, radius: int) -> torch.Tensor:

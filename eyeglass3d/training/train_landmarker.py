@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import logging
 import math
 import time
 from pathlib import Path
@@ -33,6 +32,7 @@ from eyeglass3d.training.augment import flip_points, jitter_points, photometric
 from eyeglass3d.training.checkpoint import load_training_state, save_training_state
 from eyeglass3d.training.datasets import FaceRecords
 from eyeglass3d.training.glasses_cache import glasses_copies
+from eyeglass3d.training.run_dir import export_fp16, start_run
 
 def make_batch(records, versions, indices, size, rng, *, train: bool, glasses_probability: float, jitter: float = 0.5):
     """Crops (B,3,S,S) float and targets (B,68,2) unit crop coordinates, plus which inputs wear glasses."""
@@ -108,18 +108,9 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--export", type=Path, help="write the best checkpoint as fp16 to this folder and stop")
     args = parser.parse_args(argv)
 
-    args.out.mkdir(parents=True, exist_ok=True)
-    logging.basicConfig(
-        level=logging.INFO, format="%(asctime)s %(message)s",
-        handlers=[logging.FileHandler(args.out / "train.log"), logging.StreamHandler()],
-    )
-    log = logging.getLogger("train_landmarker")
-    torch.set_num_threads(args.threads)
-
+    log = start_run(args.out, "train_landmarker", args.threads)
     if args.export:
-        model = LandmarkRegressor.from_pretrained(args.out / "best")
-        model.half().save_pretrained(args.export, safe_serialization=True)
-        log.info("exported %s to %s (fp16)", args.out / "best", args.export)
+        export_fp16(LandmarkRegressor, args.out, args.export, log)
         return
 
     train = FaceRecords("train", labels_path=args.labels, glasses_csv=None)

@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import logging
 import math
 import time
 from pathlib import Path
@@ -31,9 +30,8 @@ from eyeglass3d.geometry.alignment import EYE_BAND
 from eyeglass3d.models.parser import FaceParser
 from eyeglass3d.paths import REPO_ROOT
 from eyeglass3d.training.checkpoint import load_training_state, save_training_state
-from eyeglass3d.training.datasets import FaceRecords
-from eyeglass3d.training.eye_band import EYEGLASSES, band_batch
-from eyeglass3d.training.glasses_cache import glasses_copies
+from eyeglass3d.training.eye_band import EYEGLASSES, band_batch, glasses_free_splits
+from eyeglass3d.training.run_dir import export_fp16, start_run
 
 
 def parsing_loss(logits: torch.Tensor, labels: torch.Tensor, dice_weight: float = 1.0) -> torch.Tensor:
@@ -91,28 +89,12 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--export", type=Path, help="write the best checkpoint as fp16 to this folder and stop")
     args = parser.parse_args(argv)
 
-    args.out.mkdir(parents=True, exist_ok=True)
-    logging.basicConfig(
-        level=logging.INFO, format="%(asctime)s %(message)s",
-        handlers=[logging.FileHandler(args.out / "train.log"), logging.StreamHandler()],
-    )
-    log = logging.getLogger("train_parser")
-    torch.set_num_threads(args.threads)
-
+    log = start_run(args.out, "train_parser", args.threads)
     if args.export:
-        model = FaceParser.from_pretrained(args.out / "best")
-        model.half().save_pretrained(args.export, safe_serialization=True)
-        log.info("exported %s to %s (fp16)", args.out / "best", args.export)
+        export_fp16(FaceParser, args.out, args.export, log)
         return
 
-    # Real wearers are left out: their own glasses would be labelled "not glasses".
-    train = FaceRecords("train", labels_path=args.labels, glasses="without")
-    val = FaceRecords("val", labels_path=args.labels, glasses="without")
-    cache_dir = REPO_ROOT / "cache"
-    cache_dir.mkdir(exist_ok=True)
-    train_copies = glasses_copies(train, 2, 100, cache_dir, log)
-    val_copies = glasses_copies(val, 1, 101, cache_dir, log)
-    log.info("train %d faces, val %d faces", len(train), len(val))
+    train, val, train_copies, val_copies = glasses_free_splits(args.labels, 2, log)
 
     size_hw = (args.height, args.width)
     model = FaceParser(base_channels=args.base_channels, depth=args.depth, input_size=size_hw, crop_box=EYE_BAND)
