@@ -41,3 +41,31 @@ def test_reconstruction_is_a_face_sized_textured_head(pipe, tmp_path):
     texture = np.asarray(out.mesh.visual.material.baseColorTexture)
     assert texture.std() > 5, "the texture carries the photo, not a flat colour"
     assert out.export(tmp_path / "astronaut.glb")[0].stat().st_size > 100_000
+
+
+def test_deleter_finds_the_glasses_on_grace_hopper_and_none_on_the_astronaut(pipe):
+    with_glasses = pipe.reconstruct(REPO_ROOT / "examples" / "grace_hopper.jpg")
+    without = pipe.reconstruct(REPO_ROOT / "examples" / "astronaut.jpg")
+    assert with_glasses.stages["parser"] == "network"
+
+    def share(out) -> float:  # the evaluation's rule: eyeglasses pixels over the face box area
+        x0, y0, x1, y1 = out.face_box
+        return out.glasses_mask.sum() / ((x1 - x0) * (y1 - y0))
+
+    assert share(with_glasses) > 0.03
+    assert share(without) < 0.005
+    # The mask lies on the eyes: both eye centres (from the landmarks) are inside it.
+    for eye in (with_glasses.landmarks[36:42].mean(0), with_glasses.landmarks[42:48].mean(0)):
+        x, y = np.round(eye).astype(int)
+        assert with_glasses.glasses_mask[y, x]
+
+
+def test_inpainter_changes_only_the_glasses_area(pipe):
+    out = pipe.reconstruct(REPO_ROOT / "examples" / "grace_hopper.jpg")
+    assert out.stages["inpainter"] == "network"
+    photo = np.asarray(out.image)
+    inpainted = np.asarray(out.inpainted)
+    changed = (photo != inpainted).any(2)
+    assert changed.any() and not (changed & ~out.glasses_mask).any()
+    # The dark frames are gone: the filled area is brighter than the frames were.
+    assert inpainted[out.glasses_mask].mean() > photo[out.glasses_mask].mean()

@@ -164,7 +164,9 @@ class InpaintGenerator(ModelMixin, ConfigMixin):
         filled = self.inpaint(band.to(self.dtype), mask_tensor.to(self.dtype), guidance.to(self.dtype))[0]
         filled = (filled.float().clamp(0, 1).permute(1, 2, 0).numpy() * 255 + 0.5).astype(np.uint8)
         inverse = invert_affine(matrix)
-        back = cv2.warpAffine(filled, inverse, (width, height), flags=cv2.INTER_LINEAR, borderMode=cv2.BORDER_REPLICATE)
+        back = cv2.warpAffine(
+            filled, inverse, (width, height), flags=cv2.INTER_LINEAR, borderMode=cv2.BORDER_REPLICATE
+        )
         region = cv2.warpAffine(np.ones(size_hw, np.uint8), inverse, (width, height), flags=cv2.INTER_NEAREST) > 0
         handled = mask & region
         out = image.copy()
