@@ -23,7 +23,6 @@ latency of both networks' forward passes. A component whose folder is missing is
 from __future__ import annotations
 
 import argparse
-import json
 from pathlib import Path
 
 import numpy as np
@@ -32,6 +31,7 @@ import torch
 from tqdm import tqdm
 
 from eyeglass3d.evaluation.metrics import iou, psnr, ssim
+from eyeglass3d.evaluation.report import write_report
 from eyeglass3d.evaluation.timing import forward_ms
 from eyeglass3d.geometry.face_regions import grow_glasses_mask
 from eyeglass3d.inpaint_classical import classical_inpaint
@@ -329,10 +329,7 @@ def main(argv: list[str] | None = None) -> dict:
     ):
         if component is not None:
             report[f"{name}_config"] = {key: component.config[key] for key in keys}
-    args.json.parent.mkdir(parents=True, exist_ok=True)
-    args.json.write_text(json.dumps(report, indent=2))
-    print(json.dumps(report, indent=2))
-    return report
+    return write_report(report, args.json)
 
 
 if __name__ == "__main__":

@@ -12,7 +12,6 @@ So dlib's clean score is 0 by construction and its glasses score says how much g
 from __future__ import annotations
 
 import argparse
-import json
 from pathlib import Path
 
 import numpy as np
@@ -20,6 +19,7 @@ import torch
 from tqdm import tqdm
 
 from eyeglass3d.evaluation.metrics import normalised_mean_error
+from eyeglass3d.evaluation.report import write_report
 from eyeglass3d.evaluation.timing import forward_ms
 from eyeglass3d.paths import REPO_ROOT, default_weights
 
@@ -98,9 +98,7 @@ def main(argv: list[str] | None = None) -> None:
         "landmarker": {key: landmarker.config[key] for key in ("input_size", "variant", "width_mult")},
     }
     report["glasses_gap"] = round(report["nme"]["ours_glasses"] - report["nme"]["ours_clean"], 4)
-    args.json.parent.mkdir(parents=True, exist_ok=True)
-    args.json.write_text(json.dumps(report, indent=2))
-    print(json.dumps(report, indent=2))
+    write_report(report, args.json)
 
 
 if __name__ == "__main__":

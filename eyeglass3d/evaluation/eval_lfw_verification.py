@@ -22,7 +22,6 @@ found are left out and counted.
 from __future__ import annotations
 
 import argparse
-import json
 from pathlib import Path
 from typing import NamedTuple
 
@@ -31,6 +30,7 @@ import torch
 from tqdm import tqdm
 
 from eyeglass3d.errors import FaceNotFoundError
+from eyeglass3d.evaluation.report import write_report
 from eyeglass3d.paths import REPO_ROOT, default_weights
 
 EVAL_SEED = 20221  # glasses drawn for evaluation only; training seeds are small integers
@@ -222,10 +222,7 @@ def main(argv: list[str] | None = None) -> dict:
         report[name]["pairs_left_out"] = len(pairs) - len(indices)
     report["weights"] = str(args.weights)
     report["threads"] = args.threads
-    args.json.parent.mkdir(parents=True, exist_ok=True)
-    args.json.write_text(json.dumps(report, indent=2))
-    print(json.dumps(report, indent=2))
-    return report
+    return write_report(report, args.json)
 
 
 if __name__ == "__main__":

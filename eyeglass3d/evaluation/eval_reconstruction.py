@@ -28,7 +28,6 @@ again on the photo and checking that its box is the output's `face_box`.
 from __future__ import annotations
 
 import argparse
-import json
 import statistics
 from pathlib import Path
 
@@ -38,6 +37,7 @@ from tqdm import tqdm
 
 from eyeglass3d.errors import FaceNotFoundError
 from eyeglass3d.evaluation.metrics import normalised_mean_error
+from eyeglass3d.evaluation.report import write_report
 from eyeglass3d.geometry import alignment
 from eyeglass3d.paths import REPO_ROOT, default_weights
 
@@ -249,10 +249,7 @@ def main(argv: list[str] | None = None) -> dict:
         },
         "threads": args.threads,
     }
-    args.json.parent.mkdir(parents=True, exist_ok=True)
-    args.json.write_text(json.dumps(report, indent=2))
-    print(json.dumps(report, indent=2))
-    return report
+    return write_report(report, args.json)
 
 
 if __name__ == "__main__":

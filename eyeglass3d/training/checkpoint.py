@@ -55,3 +55,14 @@ def load_training_state(folder: str | Path) -> dict | None:
         return None
     tensors = load_file(folder / "state.safetensors")
     return _join(json.loads((folder / "state.json").read_text()), tensors)
+
+
+def restore_training_state(folder: str | Path, state: dict, **stateful) -> dict:
+    """Load a saved run into `stateful` (model, optimizer, schedule ... by the names they were saved
+    under) and return its progress dict; without a checkpoint, return `state` unchanged."""
+    checkpoint = load_training_state(folder)
+    if checkpoint is None:
+        return state
+    for name, value in stateful.items():
+        value.load_state_dict(checkpoint[name])
+    return checkpoint["state"]

@@ -29,7 +29,7 @@ from eyeglass3d.geometry.alignment import crop_matrix, transform_points, warp_cr
 from eyeglass3d.models.landmarker import LandmarkRegressor
 from eyeglass3d.paths import REPO_ROOT
 from eyeglass3d.training.augment import flip_points, jitter_points, photometric
-from eyeglass3d.training.checkpoint import load_training_state, save_training_state
+from eyeglass3d.training.checkpoint import restore_training_state, save_training_state
 from eyeglass3d.training.datasets import FaceRecords
 from eyeglass3d.training.glasses_cache import glasses_copies
 from eyeglass3d.training.run_dir import export_fp16, start_run
@@ -136,12 +136,8 @@ def main(argv: list[str] | None = None) -> None:
     schedule = torch.optim.lr_scheduler.OneCycleLR(optimizer, args.lr, total_steps=total_steps, pct_start=0.1)
     state = {"epoch": 0, "best": math.inf, "history": []}
     last = args.out / "last"
-    checkpoint = load_training_state(last) if args.resume else None
-    if checkpoint is not None:
-        model.load_state_dict(checkpoint["model"])
-        optimizer.load_state_dict(checkpoint["optimizer"])
-        schedule.load_state_dict(checkpoint["schedule"])
-        state = checkpoint["state"]
+    if args.resume:
+        state = restore_training_state(last, state, model=model, optimizer=optimizer, schedule=schedule)
         log.info("resumed at epoch %d (best val NME %.4f)", state["epoch"], state["best"])
 
     for epoch in range(state["epoch"], args.epochs):

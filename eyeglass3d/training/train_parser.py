@@ -29,7 +29,7 @@ from tqdm import tqdm
 from eyeglass3d.geometry.alignment import EYE_BAND
 from eyeglass3d.models.parser import FaceParser
 from eyeglass3d.paths import REPO_ROOT
-from eyeglass3d.training.checkpoint import load_training_state, save_training_state
+from eyeglass3d.training.checkpoint import restore_training_state, save_training_state
 from eyeglass3d.training.eye_band import EYEGLASSES, band_batch, glasses_free_splits
 from eyeglass3d.training.run_dir import export_fp16, start_run
 
@@ -104,12 +104,8 @@ def main(argv: list[str] | None = None) -> None:
     schedule = torch.optim.lr_scheduler.OneCycleLR(optimizer, args.lr, total_steps=args.epochs * steps_per_epoch, pct_start=0.1)
     state = {"epoch": 0, "best": -math.inf, "history": []}
     last = args.out / "last"
-    checkpoint = load_training_state(last) if args.resume else None
-    if checkpoint is not None:
-        model.load_state_dict(checkpoint["model"])
-        optimizer.load_state_dict(checkpoint["optimizer"])
-        schedule.load_state_dict(checkpoint["schedule"])
-        state = checkpoint["state"]
+    if args.resume:
+        state = restore_training_state(last, state, model=model, optimizer=optimizer, schedule=schedule)
         log.info("resumed at epoch %d (best val IoU %.4f)", state["epoch"], state["best"])
 
     for epoch in range(state["epoch"], args.epochs):
