@@ -255,6 +255,7 @@ class Eyeglass3DPipeline(DiffusionPipeline):
             image=PIL.Image.fromarray(rgb),
             stages=stages,
             timings_ms={name: round(value, 1) for name, value in timings.items()},
+            points5=detection.points.astype(np.float32),
         )
 
     def _parse(self, rgb, points5, landmarks_px):

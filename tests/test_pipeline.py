@@ -43,6 +43,8 @@ def test_output_follows_the_contract(output, photo):
     x0, y0, x1, y1 = output.face_box
     assert 0 <= x0 < x1 <= width and 0 <= y0 < y1 <= height
     assert output.landmarks.shape == (68, 2) and output.landmarks.dtype == np.float32
+    assert output.points5.shape == (5, 2) and output.points5.dtype == np.float32
+    assert ((output.points5 >= [x0, y0]) & (output.points5 <= [x1, y1])).all(), "five points inside the face box"
     assert output.parsing.shape == (height, width) and output.parsing.dtype == np.uint8
     assert "eyeglasses" in output.parsing_labels
     assert output.parsing.max() < len(output.parsing_labels)

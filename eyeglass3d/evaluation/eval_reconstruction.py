@@ -21,8 +21,7 @@ to its 68 landmarks (`output.stages["regressor"]` says which, and is copied into
   (d) latency: median of the summed `output.timings_ms` of the clean reconstructions, next to one plain
       ResNet-50 forward at 224² measured in the same process (`benchmark.resnet50_forward_ms`).
 
-The output carries no five points, so the crop frame is recovered by running the pipeline's own detection
-again on the photo and checking that its box is the output's `face_box`.
+The crop frame of every measure is the one `reconstruct` used: the output's five points.
 """
 
 from __future__ import annotations
@@ -112,14 +111,6 @@ def photometric_error(face_model, coefficients: dict[str, np.ndarray], photo: np
     return float(np.abs(rendered[covered] - crop[covered]).mean()), pixels
 
 
-def pipeline_points5(pipe, image: np.ndarray, face_box: np.ndarray) -> np.ndarray:
-    """The five points `reconstruct` used: the pipeline's detection again, checked against the output's box."""
-    detections = pipe._detect(image)
-    if not detections or not np.allclose(detections[0].box, face_box, atol=1e-3):
-        raise RuntimeError("the pipeline's detection is not reproducible: cannot recover the crop frame")
-    return detections[0].points.astype(np.float64)
-
-
 # ---------------------------------------------------------------------------------------------- report
 def summary(values: list[float], digits: int = 4) -> dict[str, float | int | None]:
     values = [value for value in values if np.isfinite(value)]
@@ -185,7 +176,7 @@ def main(argv: list[str] | None = None) -> dict:
             continue
         stages["clean"] = out.stages
         totals_ms.append(float(sum(out.timings_ms.values())))
-        points5 = pipeline_points5(pipe, record.image, out.face_box)
+        points5 = out.points5.astype(np.float64)
         nme_mesh.append(float(normalised_mean_error(projected_landmarks_px(face_model, out.coefficients, points5),
                                                     target)))
         nme_landmarker.append(float(normalised_mean_error(out.landmarks.astype(np.float64), target)))
