@@ -30,3 +30,22 @@ def test_crop_and_region_frames_agree():
     corner_unit = np.array([[0.25, 0.2], [0.75, 0.6]])
     corner_px = transform_points(invert_affine(crop_matrix(points, 1)), corner_unit)
     np.testing.assert_allclose(transform_points(region, corner_px), [[0, 0], [100, 40]], atol=1e-6)
+
+
+def test_a_shrinking_crop_is_area_averaged_and_keeps_its_geometry():
+    import cv2
+
+    from eyeglass3d.geometry.alignment import warp_crop
+
+    stripes = np.zeros((800, 800, 3), np.uint8)
+    stripes[:, ::2] = 255  # one-pixel stripes: a plain bilinear 4x shrink samples only one kind of them
+    matrix = np.array([[0.25, 0.0, 10.0], [0.0, 0.25, 5.0]])
+    crop = warp_crop(stripes, matrix, 128)
+    assert abs(float(crop.mean()) - 127.5) < 2 and crop.std() < 2
+    dot = np.zeros((800, 800), np.uint8)
+    cv2.circle(dot, (400, 300), 12, 255, -1)
+    shrunk = warp_crop(dot, matrix, 128).astype(float)
+    rows, cols = np.nonzero(shrunk)
+    weights = shrunk[rows, cols]
+    centre = np.array([(cols * weights).sum(), (rows * weights).sum()]) / weights.sum()
+    assert np.allclose(centre, [0.25 * 400 + 10, 0.25 * 300 + 5], atol=0.05)

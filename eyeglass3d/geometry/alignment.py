@@ -22,6 +22,8 @@ CANONICAL_FIVE_POINTS = (_TEMPLATE_112 / 112.0 - 0.5) * FACE_SCALE + np.array([0
 # The eye band (x0, y0, x1, y1) of the unit crop: where eyeglasses can be, temples on the face
 # included. The deleter and the inpainter only ever look at this band.
 EYE_BAND = (0.08, 0.20, 0.92, 0.58)
+# `warp_crop` area-averages first when the crop shrinks the image below this scale.
+ANTIALIAS_BELOW = 0.6
 
 
 def estimate_similarity(src: np.ndarray, dst: np.ndarray) -> np.ndarray:
@@ -62,11 +64,23 @@ def warp_crop(
     image: np.ndarray, matrix: np.ndarray, size: int | tuple[int, int], *, interpolation: int = cv2.INTER_LINEAR
 ) -> np.ndarray:
     """Cut a crop of `size` (square side, or (height, width)); borders are replicated so that no black
-    wedge reaches the networks."""
+    wedge reaches the networks.
+
+    A crop that shrinks the image by more than `ANTIALIAS_BELOW` is cut from an area-averaged smaller copy:
+    a face of a big photo then looks like the ~200-px training faces rather than an aliased sample of them.
+    """
     height, width = (size, size) if isinstance(size, (int, np.integer)) else size
+    matrix = matrix.astype(np.float64)
+    scale = float(np.sqrt(abs(np.linalg.det(matrix[:, :2]))))
+    if scale < ANTIALIAS_BELOW and interpolation != cv2.INTER_NEAREST:
+        shrunk_size = (max(1, round(image.shape[1] * scale)), max(1, round(image.shape[0] * scale)))
+        factor = np.array([shrunk_size[0] / image.shape[1], shrunk_size[1] / image.shape[0]])
+        image = cv2.resize(image, shrunk_size, interpolation=cv2.INTER_AREA)
+        # A pixel centre p of the original sits at (p + 0.5) · factor - 0.5 in the shrunk copy.
+        linear = matrix[:, :2] / factor
+        matrix = np.hstack([linear, (matrix[:, 2] - linear @ (0.5 * factor - 0.5))[:, None]])
     return cv2.warpAffine(
-        image, matrix.astype(np.float64), (int(width), int(height)), flags=interpolation,
-        borderMode=cv2.BORDER_REPLICATE,
+        image, matrix, (int(width), int(height)), flags=interpolation, borderMode=cv2.BORDER_REPLICATE
     )
 
 
