@@ -63,7 +63,8 @@ def _zbuffer(
     """
     batch, num_vertices = vertices_px.shape[:2]
     num_triangles = triangles.shape[0]
-    corner_index = (torch.arange(batch)[:, None, None] * num_vertices + triangles).view(-1)
+    device = vertices_px.device
+    corner_index = (torch.arange(batch, device=device)[:, None, None] * num_vertices + triangles).view(-1)
     corners = vertices_px.reshape(-1, 3).float().index_select(0, corner_index).view(-1, 3, 3)  # (B*F,3,3)
     x, y, z = corners.unbind(-1)
     area2 = (x[:, 1] - x[:, 0]) * (y[:, 2] - y[:, 0]) - (x[:, 2] - x[:, 0]) * (y[:, 1] - y[:, 0])
@@ -76,7 +77,8 @@ def _zbuffer(
     kept = keep.nonzero().squeeze(1)  # finite corners only: NaN fails every comparison above
 
     box = torch.stack([x_first, y_first, x_last - x_first + 1, y_last - y_first + 1], -1).index_select(0, kept)
-    next_power_of_two = torch.exp2(torch.ceil(torch.log2(torch.arange(1, max(height, width) + 1).float()))).long()
+    sides = torch.arange(1, max(height, width) + 1, device=device).float()
+    next_power_of_two = torch.exp2(torch.ceil(torch.log2(sides))).long()
     bucket = next_power_of_two[box[:, 2:].long() - 1]  # (K,2) padded box width, height
     group_key = bucket[:, 0] * (2 * max(height, width)) + bucket[:, 1]
     group_key, order = torch.sort(group_key)
@@ -89,12 +91,14 @@ def _zbuffer(
     bucket = bucket[order]
     group_sizes = torch.unique_consecutive(group_key, return_counts=True)[1]
 
-    buffer = torch.full((batch * height * width,), _EMPTY_KEY, dtype=torch.int64)
+    buffer = torch.full((batch * height * width,), _EMPTY_KEY, dtype=torch.int64, device=device)
     start = 0
     for count in group_sizes.tolist():
         size_w, size_h = bucket[start].tolist()
         offset_y, offset_x = torch.meshgrid(
-            torch.arange(size_h, dtype=torch.float32), torch.arange(size_w, dtype=torch.float32), indexing="ij"
+            torch.arange(size_h, dtype=torch.float32, device=device),
+            torch.arange(size_w, dtype=torch.float32, device=device),
+            indexing="ij"
         )
         offset_x, offset_y = offset_x.reshape(1, -1), offset_y.reshape(1, -1)
         per_chunk = max(1, _CHUNK_CANDIDATES // (size_w * size_h))
@@ -132,7 +136,7 @@ def rasterize(
     if vertices_px.ndim != 3 or vertices_px.shape[-1] != 3:
         raise ValueError(f"vertices_px must be (B,N,3), got {tuple(vertices_px.shape)}")
     triangles = triangles.long().to(vertices_px.device)
-    keys = _zbuffer(vertices_px.detach().cpu(), triangles.cpu(), height, width, cull_backfaces).to(vertices_px.device)
+    keys = _zbuffer(vertices_px.detach(), triangles, height, width, cull_backfaces)
     covered = keys != _EMPTY_KEY
     triangle_index = torch.where(covered, keys & 0xFFFFFFFF, -1)
     depth = torch.where(covered, (keys >> 32).to(torch.int32).view(torch.float32), float("inf"))
