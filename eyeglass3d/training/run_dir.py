@@ -12,12 +12,18 @@ import torch
 def start_run(out: Path, name: str, threads: int) -> logging.Logger:
     """Create `out`, log to `out/train.log` and the console, and fix the CPU thread count."""
     out.mkdir(parents=True, exist_ok=True)
-    logging.basicConfig(
-        level=logging.INFO, format="%(asctime)s %(message)s",
-        handlers=[logging.FileHandler(out / "train.log"), logging.StreamHandler()],
-    )
+    log = logging.getLogger(name)
+    log.setLevel(logging.INFO)
+    log.propagate = False  # its own handlers, whatever the root logger was given (a test runner, say)
+    for handler in list(log.handlers):
+        log.removeHandler(handler)
+        handler.close()
+    formatter = logging.Formatter("%(asctime)s %(message)s")
+    for handler in (logging.FileHandler(out / "train.log"), logging.StreamHandler()):
+        handler.setFormatter(formatter)
+        log.addHandler(handler)
     torch.set_num_threads(threads)
-    return logging.getLogger(name)
+    return log
 
 
 def export_fp16(model_class, out: Path, folder: Path, log: logging.Logger) -> None:
