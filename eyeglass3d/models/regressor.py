@@ -41,6 +41,9 @@ class CoefficientRegressor(ModelMixin, ConfigMixin):
         self.head = nn.Linear(self.encoder.out_channels, self.num_coefficients)
         nn.init.zeros_(self.head.weight)
         nn.init.zeros_(self.head.bias)
+        # The unit of each output (training sets it to the targets' RMS per group): the last layer then works in
+        # numbers of one size for metres, radians and N(0, 1) weights alike, and one learning rate suits all.
+        self.register_buffer("output_scale", torch.ones(self.num_coefficients))
 
     @property
     def coefficient_sizes(self) -> dict[str, int]:
@@ -53,7 +56,7 @@ class CoefficientRegressor(ModelMixin, ConfigMixin):
 
     def forward(self, images: torch.Tensor) -> torch.Tensor:
         """images (B, 3, S, S) RGB in [0, 1], the aligned crop at input_size -> coefficients (B, num_coefficients)."""
-        return self.head(self.encoder(self.normalize(images)))
+        return self.head(self.encoder(self.normalize(images))) * self.output_scale
 
     def split(self, coefficients: torch.Tensor) -> dict[str, torch.Tensor]:
         """(B, num_coefficients) -> {name: (B, size)} in `coefficient_sizes` order."""
