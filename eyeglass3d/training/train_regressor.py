@@ -53,7 +53,8 @@ from eyeglass3d.training.run_dir import export_fp16, start_run
 
 PHOTOMETRIC_WEIGHT = 1.4  # the paper's λ
 FEATURE_WEIGHT = 0.25  # the paper's λ
-TIMING_STEPS = 10
+WARMUP_STEPS = 10
+TIMING_STEPS = 20
 
 
 class FaceSet:
@@ -103,17 +104,24 @@ def pick_inputs(data: FaceSet, indices: torch.Tensor, generator: torch.Generator
 
 
 class Budget:
-    """Steps for a network: fixed, or as many as `minutes` allow after timing the first steps."""
+    """Steps for a network: fixed, or as many as `minutes` allow, timed over steps after a warm-up (the
+    first steps pay for kernel selection and allocation)."""
 
     def __init__(self, steps: int | None, minutes: float | None):
         self.total = steps
         self.minutes = minutes
-        self.clock = time.time()
+        self.started = time.time()
+        self.clock = self.started
 
     def settle(self, step: int, done_before: int) -> None:
-        if self.total is None and step - done_before == TIMING_STEPS:
+        if self.total is not None:
+            return
+        if step - done_before == WARMUP_STEPS:
+            self.clock = time.time()
+        elif step - done_before == WARMUP_STEPS + TIMING_STEPS:
             per_step = (time.time() - self.clock) / TIMING_STEPS
-            self.total = max(step + 1, int(self.minutes * 60 / per_step * 0.92))
+            left = self.minutes * 60 - (time.time() - self.started)
+            self.total = max(step + 1, step + int(left / per_step * 0.92))
 
 
 def cosine_lr(base: float, step: int, total: int | None, warmup: int = 50) -> float:
