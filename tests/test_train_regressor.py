@@ -148,7 +148,7 @@ def test_a_few_steps_lower_the_regressor_loss(face_model):
     terms, scales = FaceTerms(face_model, SIZE), group_scales(coefficients)
     model = CoefficientRegressor(backbone="mobilenet_v3_large", input_size=SIZE)
     model.output_scale.copy_(coefficient_units(scales))
-    args = Namespace(feature_weight=0.0, landmark_weight=200.0)
+    args = Namespace(feature_weight=0.0, landmark_weight=200.0, consistency_weight=0.0)
     optimizer = torch.optim.Adam(model.parameters(), lr=1e-3)
     indices = torch.arange(4)
     losses = []
@@ -159,3 +159,29 @@ def test_a_few_steps_lower_the_regressor_loss(face_model):
         optimizer.step()
         losses.append(loss.item())
     assert losses[-1] < 0.7 * losses[0]
+
+
+def test_paired_batches_measure_the_shape_change_between_twins(face_model):
+    from argparse import Namespace
+
+    from eyeglass3d.models.regressor import CoefficientRegressor
+    from eyeglass3d.training.train_regressor import regressor_loss
+
+    coefficients, photos, landmarks = synthetic_faces(face_model, 2, 6)
+
+    class Data:
+        pass
+
+    data = Data()
+    data.landmarks, data.coefficients = landmarks, coefficients
+    data.skin = torch.ones(2, SIZE, SIZE, dtype=torch.bool)
+    terms, scales = FaceTerms(face_model, SIZE), group_scales(coefficients)
+    model = CoefficientRegressor(backbone="mobilenet_v3_large", input_size=SIZE)  # train mode: batch statistics
+    torch.nn.init.normal_(model.head.weight, std=0.05)
+    args = Namespace(feature_weight=0.0, landmark_weight=200.0, consistency_weight=1.0)
+    indices = torch.tensor([0, 1, 0, 1])
+    twins = torch.cat([photos, photos.flip(-1)])
+    _, parts = regressor_loss(model, terms, None, data, indices, twins, photos.repeat(2, 1, 1, 1), scales, args)
+    _, parts_same = regressor_loss(model, terms, None, data, indices, photos.repeat(2, 1, 1, 1),
+                                   photos.repeat(2, 1, 1, 1), scales, args)
+    assert parts_same["consistency"] < 1e-6 < parts["consistency"]

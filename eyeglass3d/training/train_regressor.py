@@ -3,6 +3,8 @@
     python -m eyeglass3d.training.regressor_data ...            # first: cache/regressor_data_{train,val}.npz
     python -m eyeglass3d.training.train_regressor --out runs/regressor \\
         --backbone mobilenet_v3_large --backbone resnet50 --minutes 3 [--device cuda] [--resume]
+    python -m eyeglass3d.training.train_regressor --out runs/regressor_ft --init runs/regressor/mobilenet_v3_large/best \
+        --consistency-weight 0.25 --lr 5e-4 --minutes 40                 # fine-tune for glasses invariance
     python -m eyeglass3d.training.train_regressor --out runs/regressor --export mobilenet_v3_large
 
 Input: the canonical crop at 128 px, either the clean photo or its de-glassed twin (the same face after the
@@ -13,6 +15,8 @@ measured against the *clean* face, so glasses and what inpainting leaves of them
            relative to its mean square) + w_lm · landmark reprojection (squared NME)
            + 1.4 · photometric (shaded albedo vs photo over visible skin, the paper's λ)
            + 0.25 · (1 - cos) of face features of the render over the photo and of the photo (the paper's λ)
+           [+ w_c · mean squared vertex distance (mm²) between the shapes predicted from a face's clean crop
+              and from its de-glassed twin, with `--consistency-weight`: batches are then such pairs]
 
 The face-feature network (`face_features.py`) is distilled from dlib's descriptors first, then frozen.
 Training is budgeted in minutes per network (the step count is fixed after timing the first steps, and a
@@ -53,6 +57,7 @@ from eyeglass3d.training.run_dir import export_fp16, start_run
 
 PHOTOMETRIC_WEIGHT = 1.4  # the paper's λ
 FEATURE_WEIGHT = 0.25  # the paper's λ
+CONSISTENCY_UNIT_M = 1e-3  # the consistency term is the mean squared vertex distance in mm²
 WARMUP_STEPS = 10
 TIMING_STEPS = 20
 
@@ -137,11 +142,14 @@ def autocast(device: torch.device):
 
 
 @torch.no_grad()
-def recalibrate_batchnorm(model, data: FaceSet, batch: int, generator: torch.Generator, batches: int = 50) -> None:
+def recalibrate_batchnorm(
+    model, data: FaceSet, generator: torch.Generator, batch: int = 128, batches: int = 40
+) -> None:
     """Exact BatchNorm statistics of the final weights over un-augmented training crops (clean and de-glassed).
 
     MobileNetV3's BN momentum is 0.01: after a short run its running statistics still remember the first
-    steps' activations, and in eval mode such a network answers every face alike.
+    steps' activations, and in eval mode such a network answers every face alike. Batches are large whatever
+    the training batch: averaging small batches' variances would miss the spread of their means.
     """
     norms = [m for m in model.modules() if isinstance(m, torch.nn.modules.batchnorm._BatchNorm)]
     momenta = [norm.momentum for norm in norms]
@@ -197,7 +205,7 @@ def train_features(args, train: FaceSet, val: FaceSet, device, log) -> FaceFeatu
             log.info("face features step %d/%s loss %.4f", step, budget.total, loss.item())
             save_training_state(folder / "last", model=network.state_dict(), optimizer=optimizer.state_dict(),
                                 state={"step": step, "total": budget.total})
-    recalibrate_batchnorm(network, train, args.batch, generator)
+    recalibrate_batchnorm(network, train, generator)
     network.eval().requires_grad_(False)
     figures = evaluate_features(network, val)
     log.info("face features after %d steps, val: %s", step, json.dumps(figures))
@@ -246,7 +254,19 @@ def regressor_loss(model, terms, features, data, indices, inputs, photos, scales
             photo_features = features(photos)
         parts["features"] = feature_loss(rendered_features, photo_features.detach())
         total = total + args.feature_weight * parts["features"]
+    if args.consistency_weight > 0:  # the batch is clean faces, then their de-glassed twins (`paired_inputs`)
+        clean_shape, twin_shape = result.face_vertices_m.chunk(2)
+        parts["consistency"] = (clean_shape - twin_shape).pow(2).sum(-1).mean() / CONSISTENCY_UNIT_M**2
+        total = total + args.consistency_weight * parts["consistency"]
     return total, parts
+
+
+def paired_inputs(data: FaceSet, indices: torch.Tensor, generator: torch.Generator):
+    """Each face twice, clean and de-glassed (each augmented on its own), with the clean crop as reference for
+    both: the consistency term then asks for one shape from both."""
+    clean, twin = to_images(data.clean[indices]), to_images(data.deglassed[indices])
+    inputs = torch.cat([augment(clean, generator), augment(twin, generator)])
+    return inputs.contiguous(memory_format=torch.channels_last), torch.cat([clean, clean]), torch.cat([indices, indices])
 
 
 @torch.no_grad()
@@ -282,6 +302,9 @@ def train_one_regressor(args, backbone: str, train: FaceSet, val: FaceSet, featu
     scales = group_scales(train.coefficients)
     model = CoefficientRegressor(backbone=backbone, input_size=train.size)
     model.output_scale.copy_(coefficient_units(scales))
+    if args.init is not None:  # fine-tune a trained regressor (its own output_scale comes along)
+        model.load_state_dict(CoefficientRegressor.from_pretrained(args.init).state_dict())
+        log.info("%s: starting from %s", backbone, args.init)
     model = model.to(device).to(memory_format=torch.channels_last)
     optimizer = torch.optim.AdamW(model.parameters(), lr=args.lr, weight_decay=1e-4)
     state = restore_training_state(folder / "last", {"step": 0, "total": args.steps, "history": []},
@@ -297,8 +320,12 @@ def train_one_regressor(args, backbone: str, train: FaceSet, val: FaceSet, featu
     running: dict[str, float] = {}
     while budget.total is None or step < budget.total:
         model.train()
-        indices = torch.randint(len(train), (args.batch,), device=device, generator=generator)
-        inputs, photos = pick_inputs(train, indices, generator, args.deglassed_share)
+        if args.consistency_weight > 0:
+            indices = torch.randint(len(train), (args.batch // 2,), device=device, generator=generator)
+            inputs, photos, indices = paired_inputs(train, indices, generator)
+        else:
+            indices = torch.randint(len(train), (args.batch,), device=device, generator=generator)
+            inputs, photos = pick_inputs(train, indices, generator, args.deglassed_share)
         for group in optimizer.param_groups:
             group["lr"] = cosine_lr(args.lr, step, budget.total)
         loss, parts = regressor_loss(model, terms, features, train, indices, inputs, photos, scales, args)
@@ -316,7 +343,7 @@ def train_one_regressor(args, backbone: str, train: FaceSet, val: FaceSet, featu
                      " ".join(f"{k} {v:.4f}" for k, v in running.items()))
             save_training_state(folder / "last", model=model.state_dict(), optimizer=optimizer.state_dict(),
                                 state={"step": step, "total": budget.total, "history": state["history"]})
-    recalibrate_batchnorm(model, train, args.batch, generator)
+    recalibrate_batchnorm(model, train, generator)
     figures = {"backbone": backbone, "steps": step, "input_size": train.size, **evaluate_regressor(model, terms, val)}
     log.info("%s after %d steps, val: %s", backbone, step, json.dumps(figures))
     model.save_pretrained(folder / "best", safe_serialization=True)
@@ -341,6 +368,9 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--landmark-weight", type=float, default=200.0)
     parser.add_argument("--feature-weight", type=float, default=FEATURE_WEIGHT)
     parser.add_argument("--deglassed-share", type=float, default=0.5)
+    parser.add_argument("--consistency-weight", type=float, default=0.0,
+                        help="train on (clean, de-glassed) pairs and penalise their shape difference (per mm²)")
+    parser.add_argument("--init", type=Path, help="a saved regressor folder to fine-tune instead of starting afresh")
     parser.add_argument("--log-every", type=int, default=100)
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     parser.add_argument("--threads", type=int, default=2)
