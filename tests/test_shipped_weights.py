@@ -69,3 +69,15 @@ def test_inpainter_changes_only_the_glasses_area(pipe):
     assert changed.any() and not (changed & ~out.glasses_mask).any()
     # The dark frames are gone: the filled area is brighter than the frames were.
     assert inpainted[out.glasses_mask].mean() > photo[out.glasses_mask].mean()
+
+
+@pytest.mark.parametrize("name", ["grace_hopper.jpg", "astronaut.jpg"])
+def test_regressed_mesh_projects_its_landmarks_onto_the_photo_landmarks(pipe, name):
+    from eyeglass3d.evaluation.eval_reconstruction import projected_landmarks_px
+
+    out = pipe.reconstruct(REPO_ROOT / "examples" / name)
+    assert out.stages["regressor"] == "network"
+    mesh_landmarks = projected_landmarks_px(pipe.face_model, out.coefficients, out.points5.astype(np.float64))
+    corner_distance = np.linalg.norm(out.landmarks[36] - out.landmarks[45])
+    error = np.linalg.norm(mesh_landmarks - out.landmarks, axis=1).mean() / corner_distance
+    assert error < 0.08, f"mesh landmarks {error:.3f} eye-corner distances from the 2D landmarks"

@@ -139,21 +139,15 @@ def test_a_few_steps_lower_the_regressor_loss(face_model):
     torch.manual_seed(0)
     coefficients, photos, landmarks = synthetic_faces(face_model, 4, 5)
 
-    class Data:  # the FaceSet fields regressor_loss reads
-        pass
-
-    data = Data()
-    data.landmarks, data.coefficients = landmarks, coefficients
-    data.skin = torch.ones(4, SIZE, SIZE, dtype=torch.bool)
+    skin = torch.ones(4, SIZE, SIZE, dtype=torch.bool)
     terms, scales = FaceTerms(face_model, SIZE), group_scales(coefficients)
     model = CoefficientRegressor(backbone="mobilenet_v3_large", input_size=SIZE)
     model.output_scale.copy_(coefficient_units(scales))
     args = Namespace(feature_weight=0.0, landmark_weight=200.0, consistency_weight=0.0)
     optimizer = torch.optim.Adam(model.parameters(), lr=1e-3)
-    indices = torch.arange(4)
     losses = []
     for _ in range(12):
-        loss, _ = regressor_loss(model, terms, None, data, indices, photos, photos, scales, args)
+        loss, _ = regressor_loss(model, terms, None, photos, photos, skin, landmarks, coefficients, scales, args)
         optimizer.zero_grad()
         loss.backward()
         optimizer.step()
@@ -169,19 +163,29 @@ def test_paired_batches_measure_the_shape_change_between_twins(face_model):
 
     coefficients, photos, landmarks = synthetic_faces(face_model, 2, 6)
 
-    class Data:
-        pass
-
-    data = Data()
-    data.landmarks, data.coefficients = landmarks, coefficients
-    data.skin = torch.ones(2, SIZE, SIZE, dtype=torch.bool)
+    skin = torch.ones(2, SIZE, SIZE, dtype=torch.bool)
     terms, scales = FaceTerms(face_model, SIZE), group_scales(coefficients)
     model = CoefficientRegressor(backbone="mobilenet_v3_large", input_size=SIZE)  # train mode: batch statistics
     torch.nn.init.normal_(model.head.weight, std=0.05)
     args = Namespace(feature_weight=0.0, landmark_weight=200.0, consistency_weight=1.0)
-    indices = torch.tensor([0, 1, 0, 1])
+    pairs = [photos.repeat(2, 1, 1, 1), skin.repeat(2, 1, 1), landmarks.repeat(2, 1, 1), coefficients.repeat(2, 1)]
     twins = torch.cat([photos, photos.flip(-1)])
-    _, parts = regressor_loss(model, terms, None, data, indices, twins, photos.repeat(2, 1, 1, 1), scales, args)
-    _, parts_same = regressor_loss(model, terms, None, data, indices, photos.repeat(2, 1, 1, 1),
-                                   photos.repeat(2, 1, 1, 1), scales, args)
+    _, parts = regressor_loss(model, terms, None, twins, *pairs, scales, args)
+    _, parts_same = regressor_loss(model, terms, None, pairs[0], *pairs, scales, args)
     assert parts_same["consistency"] < 1e-6 < parts["consistency"]
+
+
+def test_crop_jitter_moves_images_and_landmarks_alike():
+    from eyeglass3d.training.train_regressor import apply_jitter, crop_jitter
+
+    matrices = crop_jitter(4, 1.0, torch.Generator().manual_seed(0), "cpu")
+    images = torch.zeros(4, 1, SIZE, SIZE)
+    images[:, 0, 70, 40] = 1.0
+    images = torch.nn.functional.avg_pool2d(images, 5, 1, 2) * 25  # a small blob around pixel (40, 70)
+    moved, landmarks = apply_jitter(matrices, images, torch.tensor([[[40.0, 70.0]]]).repeat(4, 1, 1))
+    for blob, point in zip(moved[:, 0], landmarks[:, 0]):
+        rows, cols = torch.nonzero(blob > 0.01, as_tuple=True)
+        weights = blob[rows, cols]
+        centre = torch.stack([(cols * weights).sum(), (rows * weights).sum()]) / weights.sum()
+        assert torch.allclose(centre, point, atol=0.1)
+    assert (landmarks[:, 0] - torch.tensor([40.0, 70.0])).norm(dim=-1).max() > 0.5  # it did move them

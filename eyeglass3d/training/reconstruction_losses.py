@@ -51,6 +51,8 @@ class FaceTerms:
         camera_area = camera[:, : self.area]
         normals = model.vertex_normals(camera)[:, : self.area]
         projected = model.project(camera_area, self.size)
+        # project() puts pixel centres on integers (cv2's crop convention); sampling and the rasteriser at +0.5.
+        projected = torch.cat([projected[..., :2] + 0.5, projected[..., 2:]], -1)
         colours = sample_image(photos, projected[..., :2])
         facing = (normals * F.normalize(-camera_area, dim=-1)).sum(-1)
         inside = ((projected[..., :2] >= 0) & (projected[..., :2] < self.size)).all(-1)

@@ -18,6 +18,10 @@ measured against the *clean* face, so glasses and what inpainting leaves of them
            [+ w_c · mean squared vertex distance (mm²) between the shapes predicted from a face's clean crop
               and from its de-glassed twin, with `--consistency-weight`: batches are then such pairs]
 
+`--crop-jitter` moves every crop (and its targets) by a random similarity, as a detection on another photo of
+the face would: glasses move MTCNN's five points, so the pipeline's crop of a de-glassed photo is not the clean
+photo's crop; pose then comes from the landmark term alone.
+
 The face-feature network (`face_features.py`) is distilled from dlib's descriptors first, then frozen.
 Training is budgeted in minutes per network (the step count is fixed after timing the first steps, and a
 cosine schedule runs over it), so that one command fits a lent accelerator's time; `--steps` fixes it
@@ -106,6 +110,34 @@ def pick_inputs(data: FaceSet, indices: torch.Tensor, generator: torch.Generator
     use_twin = torch.rand(len(indices), device=indices.device, generator=generator) < deglassed_share
     pixels = torch.where(use_twin[:, None, None, None], data.deglassed[indices], data.clean[indices])
     return augment(to_images(pixels), generator), to_images(data.clean[indices])
+
+
+def crop_jitter(batch: int, strength: float, generator: torch.Generator, device) -> torch.Tensor:
+    """(B, 2, 3) random similarities in normalised crop coordinates (x, y in [-1, 1], centre 0), with the spread
+    `augment.jitter_points` gives a detector at this strength (angle σ 0.12·s rad, scale σ 0.06·s, shift σ 0.05·s
+    eye distances; the eye distance is ~0.6 of the normalised crop)."""
+
+    def normal(scale):
+        return torch.randn(batch, device=device, generator=generator) * scale
+
+    angle, scale = normal(0.12 * strength), torch.exp(normal(0.06 * strength))
+    cos, sin = torch.cos(angle) * scale, torch.sin(angle) * scale
+    shift = torch.stack([normal(0.05 * strength * 0.6), normal(0.05 * strength * 0.6)], -1)
+    return torch.stack([torch.stack([cos, -sin, shift[:, 0]], -1), torch.stack([sin, cos, shift[:, 1]], -1)], 1)
+
+
+def apply_jitter(matrices: torch.Tensor, images: torch.Tensor, landmarks_px: torch.Tensor, mode: str = "bilinear"):
+    """Move crop content by `matrices` (output = M · input, normalised coordinates): images (B, C, S, S) resampled
+    (border replicated, like the pipeline's crops), landmarks (B, 68, 2) in cv2 pixels (centres on integers)."""
+    size = images.shape[-1]
+    linear, shift = matrices[:, :, :2], matrices[:, :, 2:]
+    inverse = torch.linalg.inv(linear)
+    theta = torch.cat([inverse, -inverse @ shift], -1)  # output coordinates → where to sample the input
+    grid = torch.nn.functional.affine_grid(theta, list(images.shape), align_corners=False)
+    moved = torch.nn.functional.grid_sample(images.float(), grid, mode=mode, padding_mode="border", align_corners=False)
+    normalised = (landmarks_px + 0.5) * (2.0 / size) - 1.0
+    moved_landmarks = (normalised @ linear.transpose(1, 2) + shift.transpose(1, 2) + 1.0) * (size / 2.0) - 0.5
+    return moved, moved_landmarks
 
 
 class Budget:
@@ -233,17 +265,18 @@ def evaluate_features(network: FaceFeatureNet, val: FaceSet, batch: int = 128) -
 # ------------------------------------------------------------------------------------------ regressor
 
 
-def regressor_loss(model, terms, features, data, indices, inputs, photos, scales, args):
+def regressor_loss(model, terms, features, inputs, photos, skin, landmarks, coefficients, scales, args):
+    """Total loss and its parts for a batch: `inputs` the network sees, the clean `photos`, `skin` masks and
+    teacher `landmarks` in their frame, and the pseudo ground-truth `coefficients` for the groups in `scales`."""
     with autocast(inputs.device):
         predicted = model(inputs)
     predicted = predicted.float()
-    target_landmarks = data.landmarks[indices]
-    result = terms(predicted, photos, data.skin[indices], render=args.feature_weight > 0)
+    result = terms(predicted, photos, skin, render=args.feature_weight > 0)
     parts = {
-        "coefficients": coefficient_loss(predicted, data.coefficients[indices], scales).mean(),
+        "coefficients": coefficient_loss(predicted, coefficients, scales).mean(),
         # Squared NME (the paper's L2), linear beyond 0.1 so that a wild early pose cannot blow the step up.
         "landmarks": torch.nn.functional.huber_loss(
-            landmark_nme(result.landmarks_px, target_landmarks), torch.zeros(len(indices), device=indices.device),
+            landmark_nme(result.landmarks_px, landmarks), torch.zeros(len(landmarks), device=landmarks.device),
             delta=0.1) * 2,
         "photometric": result.photometric.mean(),
     }
@@ -313,6 +346,7 @@ def train_one_regressor(args, backbone: str, train: FaceSet, val: FaceSet, featu
         log.info("%s: finished earlier (%d steps)", backbone, state["step"])
         return state["history"][-1] if state["history"] else {}
     terms = FaceTerms(face_model, train.size)
+    shape_scales = {name: value for name, value in scales.items() if name not in ("angles", "translation")}
     budget = Budget(state["total"], args.minutes)
     generator = torch.Generator(device).manual_seed(state["step"])
     step, first = state["step"], state["step"]
@@ -326,9 +360,18 @@ def train_one_regressor(args, backbone: str, train: FaceSet, val: FaceSet, featu
         else:
             indices = torch.randint(len(train), (args.batch,), device=device, generator=generator)
             inputs, photos = pick_inputs(train, indices, generator, args.deglassed_share)
+        skin, landmarks = train.skin[indices, None].float(), train.landmarks[indices]
+        if args.crop_jitter > 0:  # the crop as another detection would cut it: the pose target no longer holds
+            matrices = crop_jitter(len(indices), args.crop_jitter, generator, device)
+            inputs, _ = apply_jitter(matrices, inputs, landmarks)
+            photos, _ = apply_jitter(matrices, photos, landmarks)
+            skin, landmarks = apply_jitter(matrices, skin, landmarks, mode="nearest")
         for group in optimizer.param_groups:
             group["lr"] = cosine_lr(args.lr, step, budget.total)
-        loss, parts = regressor_loss(model, terms, features, train, indices, inputs, photos, scales, args)
+        loss, parts = regressor_loss(
+            model, terms, features, inputs.contiguous(memory_format=torch.channels_last),
+            photos.contiguous(memory_format=torch.channels_last), skin[:, 0] > 0.5, landmarks,
+            train.coefficients[indices], shape_scales if args.crop_jitter > 0 else scales, args)
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(model.parameters(), 5.0)
@@ -370,6 +413,9 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--deglassed-share", type=float, default=0.5)
     parser.add_argument("--consistency-weight", type=float, default=0.0,
                         help="train on (clean, de-glassed) pairs and penalise their shape difference (per mm²)")
+    parser.add_argument("--crop-jitter", type=float, default=0.0,
+                        help="move each crop like detector noise of this strength (augment.jitter_points); the pose "
+                             "is then learnt from the landmarks alone")
     parser.add_argument("--init", type=Path, help="a saved regressor folder to fine-tune instead of starting afresh")
     parser.add_argument("--log-every", type=int, default=100)
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
