@@ -183,6 +183,7 @@ def recalibrate_batchnorm(
     steps' activations, and in eval mode such a network answers every face alike. Batches are large whatever
     the training batch: averaging small batches' variances would miss the spread of their means.
     """
+    batches = min(batches, max(1, len(data) // batch))  # about one pass at most
     norms = [m for m in model.modules() if isinstance(m, torch.nn.modules.batchnorm._BatchNorm)]
     momenta = [norm.momentum for norm in norms]
     for norm in norms:
