@@ -22,9 +22,12 @@ def split_uv_seams(triangles: np.ndarray, uv_triangles: np.ndarray) -> tuple[np.
 
     Returns (vertex_index (V',) into the original vertices, uv_index (V',) into the UV table, faces (F,3) into V').
     """
-    pairs = np.stack([np.asarray(triangles, np.int64).ravel(), np.asarray(uv_triangles, np.int64).ravel()], -1)
-    unique_pairs, faces = np.unique(pairs, axis=0, return_inverse=True)
-    return unique_pairs[:, 0], unique_pairs[:, 1], faces.reshape(-1, 3)
+    vertex = np.asarray(triangles, np.int64).ravel()
+    uv = np.asarray(uv_triangles, np.int64).ravel()
+    base = int(uv.max()) + 1 if uv.size else 1
+    # One integer per pair, ordered like the pairs themselves: a 1-D unique is ~10x faster than unique(axis=0).
+    unique_keys, faces = np.unique(vertex * base + uv, return_inverse=True)
+    return unique_keys // base, unique_keys % base, faces.reshape(-1, 3)
 
 
 def build_mesh(
