@@ -73,7 +73,8 @@ def skin_mask(landmarks_px: np.ndarray, size: int, labels=FIT_LABELS, grow: floa
     return np.stack(masks)
 
 
-def _smoothstep(value: torch.Tensor, low: float, high: float) -> torch.Tensor:
+def smoothstep(value: torch.Tensor, low: float, high: float) -> torch.Tensor:
+    """0 below `low`, 1 above `high`, a smooth cubic between (grazing-angle weights)."""
     t = ((value - low) / (high - low)).clamp(0.0, 1.0)
     return t * t * (3.0 - 2.0 * t)
 
@@ -161,7 +162,7 @@ def vertex_visibility(
         inside &= covered.flatten(1).gather(1, flat) > 0
         unoccluded = inside & (projected[..., 2] <= nearest + DEPTH_TOLERANCE_M)
         cosine = (normals * torch.nn.functional.normalize(-camera, dim=-1)).sum(-1)
-        return unoccluded.to(camera.dtype) * _smoothstep(cosine, *GRAZING_COSINE)
+        return unoccluded.to(camera.dtype) * smoothstep(cosine, *GRAZING_COSINE)
 
 
 def mask_at(masks: torch.Tensor, points_px: torch.Tensor) -> torch.Tensor:

@@ -15,7 +15,7 @@ from typing import NamedTuple
 import torch
 import torch.nn.functional as F
 
-from eyeglass3d.geometry.photometric_fit import GRAZING_COSINE, mask_at, sample_image
+from eyeglass3d.geometry.photometric_fit import GRAZING_COSINE, mask_at, sample_image, smoothstep
 from eyeglass3d.models.face_model import FaceModel, split_coefficients
 from eyeglass3d.render.rasterizer import interpolate, rasterize
 
@@ -25,11 +25,6 @@ class Terms(NamedTuple):
     photometric: torch.Tensor  # (B,) mean colour distance over visible skin vertices
     rendered: torch.Tensor | None  # (B, 3, S, S) render over the photo, when asked for
     face_vertices_m: torch.Tensor  # (B, V, 3) model-space face-area vertices (identity + expression)
-
-
-def _smoothstep(value: torch.Tensor, low: float, high: float) -> torch.Tensor:
-    t = ((value - low) / (high - low)).clamp(0.0, 1.0)
-    return t * t * (3.0 - 2.0 * t)
 
 
 class FaceTerms:
@@ -56,7 +51,7 @@ class FaceTerms:
         colours = sample_image(photos, projected[..., :2])
         facing = (normals * F.normalize(-camera_area, dim=-1)).sum(-1)
         inside = ((projected[..., :2] >= 0) & (projected[..., :2] < self.size)).all(-1)
-        weights = (_smoothstep(facing, *GRAZING_COSINE) * inside * mask_at(skin, projected[..., :2])).detach()
+        weights = (smoothstep(facing, *GRAZING_COSINE) * inside * mask_at(skin, projected[..., :2])).detach()
         shaded = model.shade(model.albedo(groups["texture"])[:, : self.area], normals, groups["lighting"])
         distance = (shaded - colours).pow(2).sum(-1).add(1e-8).sqrt()
         photometric = (weights * distance).sum(1) / weights.sum(1).clamp_min(1.0)

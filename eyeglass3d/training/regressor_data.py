@@ -30,10 +30,9 @@ import PIL.Image
 import torch
 from tqdm import tqdm
 
-from eyeglass3d.geometry.face_regions import grow_glasses_mask
+from eyeglass3d.geometry.alignment import warp_crop
 from eyeglass3d.geometry.fitting import fit_landmarks
 from eyeglass3d.geometry.photometric_fit import fit_photometric
-from eyeglass3d.inpaint_classical import classical_inpaint
 from eyeglass3d.models.face_model import join_coefficients
 from eyeglass3d.paths import REPO_ROOT, default_weights
 from eyeglass3d.training.datasets import DEFAULT_LABELS, FaceRecords, canonical_crop
@@ -76,39 +75,23 @@ def pack_images(images: list[bytes]) -> tuple[np.ndarray, np.ndarray]:
     return np.frombuffer(b"".join(images), np.uint8), offsets
 
 
-def deglass(components, image: np.ndarray, points5: np.ndarray) -> np.ndarray:
-    """What `reconstruct` feeds its regressor for this photo: landmarks, glasses mask, inpainting."""
-    landmarker, parser, inpainter = components
-    landmarks = landmarker.predict(image, points5)
-    labels = parser.predict(image, points5)
-    mask = grow_glasses_mask(labels == parser.config.labels.index("eyeglasses"), landmarks)
-    if not mask.any():
-        return image
-    out, handled = inpainter.predict(image, points5, landmarks, mask)
-    leftover = mask & ~handled
-    return classical_inpaint(out, leftover, "telea") if leftover.any() else out
-
-
-def load_components(weights: Path):
-    from eyeglass3d.models.inpainter import InpaintGenerator
-    from eyeglass3d.models.landmarker import LandmarkRegressor
-    from eyeglass3d.models.parser import FaceParser
-
-    return tuple(
-        cls.from_pretrained(weights / name).float().eval()
-        for cls, name in ((LandmarkRegressor, "landmarker"), (FaceParser, "parser"), (InpaintGenerator, "inpainter"))
-    )
+def deglass(pipe, image: np.ndarray, points5: np.ndarray) -> np.ndarray:
+    """What `reconstruct` feeds its regressor for this photo: the pipeline's own landmark, parse and inpaint
+    stages, so the twins cannot drift from inference."""
+    landmarks = pipe.landmarker.predict(image, points5)
+    _, mask, _ = pipe._parse(image, points5, landmarks)
+    return pipe._inpaint(image, points5, landmarks, mask)[0] if mask.any() else image
 
 
 @torch.no_grad()
 def build_shard(split: str, shard: int, shards: int, weights: Path, labels_path: Path) -> dict[str, np.ndarray]:
-    from eyeglass3d.models.face_model import FaceModel
+    from eyeglass3d.pipeline import Eyeglass3DPipeline
 
     records = FaceRecords(split, labels_path=labels_path, glasses="without")
     seed, copies = GLASSES_SEEDS[split]
     glasses = glasses_copies(records, copies, seed, REPO_ROOT / "cache", LOG)
-    face_model = FaceModel.from_pretrained(weights / "face_model").float()
-    components = load_components(weights)
+    pipe = Eyeglass3DPipeline.from_pretrained(weights)
+    face_model = pipe.face_model
     indices = np.arange(len(records))[shard::shards]
     LOG.info("%s shard %d/%d: %d faces", split, shard, shards, len(indices))
     columns: dict[str, list] = {k: [] for k in ("clean", "deglassed", "landmarks", "coefficients", "rmse", "photo")}
@@ -117,10 +100,9 @@ def build_shard(split: str, shard: int, shards: int, weights: Path, labels_path:
         fit_crops, fit_landmarks_px = [], []
         for index in batch:
             record = records[int(index)]
-            crop, landmarks, _ = canonical_crop(record.image, record.points5_px, record.landmarks68_px, CROP_SIZE)
+            crop, landmarks, matrix = canonical_crop(record.image, record.points5_px, record.landmarks68_px, CROP_SIZE)
             wearing = np.ascontiguousarray(glasses.images[int(index), 0])
-            deglassed, *_ = canonical_crop(deglass(components, wearing, record.points5_px), record.points5_px,
-                                           record.landmarks68_px, CROP_SIZE)
+            deglassed = warp_crop(deglass(pipe, wearing, record.points5_px), matrix, CROP_SIZE)
             columns["clean"].append(encode_image(crop))
             columns["deglassed"].append(encode_image(deglassed[slice(*BAND_ROWS)]))
             columns["landmarks"].append(landmarks)

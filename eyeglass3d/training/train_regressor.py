@@ -105,10 +105,15 @@ def augment(images: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
     return (images + noise).clamp(0, 1).contiguous(memory_format=torch.channels_last)
 
 
+def mixed_pixels(data: FaceSet, indices: torch.Tensor, generator: torch.Generator, deglassed_share: float):
+    """(B, S, S, 3) uint8: per face, its clean crop or (with probability `deglassed_share`) its de-glassed twin."""
+    use_twin = torch.rand(len(indices), device=indices.device, generator=generator) < deglassed_share
+    return torch.where(use_twin[:, None, None, None], data.deglassed[indices], data.clean[indices])
+
+
 def pick_inputs(data: FaceSet, indices: torch.Tensor, generator: torch.Generator, deglassed_share: float):
     """The clean crop or its de-glassed twin per face, and the clean crop as every term's reference."""
-    use_twin = torch.rand(len(indices), device=indices.device, generator=generator) < deglassed_share
-    pixels = torch.where(use_twin[:, None, None, None], data.deglassed[indices], data.clean[indices])
+    pixels = mixed_pixels(data, indices, generator, deglassed_share)
     return augment(to_images(pixels), generator), to_images(data.clean[indices])
 
 
@@ -193,9 +198,8 @@ def recalibrate_batchnorm(
     device = data.clean.device
     for _ in range(batches):
         indices = torch.randint(len(data), (batch,), device=device, generator=generator)
-        twin = torch.rand(batch, device=device, generator=generator) < 0.5
         with autocast(device):
-            model(to_images(torch.where(twin[:, None, None, None], data.deglassed[indices], data.clean[indices])))
+            model(to_images(mixed_pixels(data, indices, generator, 0.5)))
     for norm, momentum in zip(norms, momenta):
         norm.momentum = momentum
     model.eval()
