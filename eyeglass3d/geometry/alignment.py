@@ -22,8 +22,9 @@ CANONICAL_FIVE_POINTS = (_TEMPLATE_112 / 112.0 - 0.5) * FACE_SCALE + np.array([0
 # The eye band (x0, y0, x1, y1) of the unit crop: where eyeglasses can be, temples on the face
 # included. The deleter and the inpainter only ever look at this band.
 EYE_BAND = (0.08, 0.20, 0.92, 0.58)
-# `warp_crop` area-averages first when the crop shrinks the image below this scale.
-ANTIALIAS_BELOW = 0.6
+# `warp_crop` area-averages first when the crop shrinks the image below this scale: under the 0.36-0.46 at which
+# the ~200-px training faces are cut to 128 px, so the networks keep seeing crops made like their training ones.
+ANTIALIAS_BELOW = 0.3
 
 
 def estimate_similarity(src: np.ndarray, dst: np.ndarray) -> np.ndarray:
@@ -66,8 +67,8 @@ def warp_crop(
     """Cut a crop of `size` (square side, or (height, width)); borders are replicated so that no black
     wedge reaches the networks.
 
-    A crop that shrinks the image by more than `ANTIALIAS_BELOW` is cut from an area-averaged smaller copy:
-    a face of a big photo then looks like the ~200-px training faces rather than an aliased sample of them.
+    A crop that shrinks the image below `ANTIALIAS_BELOW` (a face of a big photo) is cut from an area-averaged
+    smaller copy rather than sampled from the full image, which would alias.
     """
     height, width = (size, size) if isinstance(size, (int, np.integer)) else size
     matrix = matrix.astype(np.float64)
