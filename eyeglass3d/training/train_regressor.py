@@ -299,6 +299,11 @@ def regressor_loss(model, terms, features, inputs, photos, skin, landmarks, coef
     return total, parts
 
 
+def vertex_rms_mm(first_m: torch.Tensor, second_m: torch.Tensor) -> torch.Tensor:
+    """(B,) RMS distance in mm between corresponding vertices (B, V, 3) given in metres."""
+    return (first_m - second_m).pow(2).sum(-1).mean(-1).sqrt() / CONSISTENCY_UNIT_M
+
+
 def paired_inputs(data: FaceSet, indices: torch.Tensor, generator: torch.Generator):
     """Each face twice, clean and de-glassed (each augmented on its own), with the clean crop as reference for
     both: the consistency term then asks for one shape from both."""
@@ -325,8 +330,8 @@ def evaluate_regressor(model, terms: FaceTerms, val: FaceSet, batch: int = 128) 
             collected[f"nme_{name}"].append(landmark_nme(outputs[name].landmarks_px, val.landmarks[indices]))
         collected["photo_clean"].append(outputs["clean"].photometric * 255)
         clean_shape, glasses_shape = outputs["clean"].face_vertices_m, outputs["deglassed"].face_vertices_m
-        collected["glasses_rms_mm"].append((clean_shape - glasses_shape).pow(2).sum(-1).mean(-1).sqrt() * 1000)
-        collected["between_rms_mm"].append((clean_shape - clean_shape.roll(1, 0)).pow(2).sum(-1).mean(-1).sqrt() * 1000)
+        collected["glasses_rms_mm"].append(vertex_rms_mm(clean_shape, glasses_shape))
+        collected["between_rms_mm"].append(vertex_rms_mm(clean_shape, clean_shape.roll(1, 0)))
     values = {name: torch.cat(parts).float().cpu() for name, parts in collected.items()}
     figures = {f"val_{name}_mean": float(v.mean()) for name, v in values.items()}
     figures.update({f"val_{name}_median": float(v.median()) for name, v in values.items() if "rms" in name})
