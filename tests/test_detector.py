@@ -78,6 +78,7 @@ def test_pyramid_runs_from_min_face_size_to_whole_image(tiny):
     assert 100 * scales[-1] >= 12 > 100 * scales[-1] * 0.709
     assert tiny.pyramid_scales(8, 8) == []  # smaller than min_face_size: nothing to search
     assert tiny.detect(np.zeros((8, 8, 3), np.uint8)) == []
+    assert tiny.pyramid_scales(1000, 1500)[0] == pytest.approx(12 / 80)  # 8 % of the short side beats 20 px
 
 
 def test_all_stages_return_sorted_well_formed_detections(tiny):

@@ -220,8 +220,10 @@ class MTCNNDetector(ModelMixin, ConfigMixin):
 
     `thresholds` are the face-probability cuts of P/R/O-Net; `nms_thresholds` the overlaps above which a
     lower-scored box is dropped after the pyramid, after R-Net and after O-Net ("min" overlap there);
-    `pyramid_nms_threshold` is the first cut, inside each pyramid level. The channel tuples exist so that
-    tests can build a tiny detector; the shipped weights use the defaults.
+    `pyramid_nms_threshold` is the first cut, inside each pyramid level. The smallest face searched is
+    `min_face_size` pixels or `min_face_fraction` of the image's short side, whichever is larger: the finest
+    pyramid levels cost most, and a face under ~8 % of a photo is too small to reconstruct anyway. The
+    channel tuples exist so that tests can build a tiny detector; the shipped weights use the defaults.
     """
 
     @register_to_config
@@ -231,6 +233,7 @@ class MTCNNDetector(ModelMixin, ConfigMixin):
         rnet_channels: tuple[int, ...] = (28, 48, 64, 128),
         onet_channels: tuple[int, ...] = (32, 64, 64, 128, 256),
         min_face_size: int = 20,
+        min_face_fraction: float = 0.08,
         thresholds: tuple[float, ...] = (0.6, 0.7, 0.7),
         scale_factor: float = 0.709,
         pyramid_nms_threshold: float = 0.5,
@@ -242,8 +245,8 @@ class MTCNNDetector(ModelMixin, ConfigMixin):
         self.onet = ONet(tuple(onet_channels))
 
     def pyramid_scales(self, height: int, width: int) -> list[float]:
-        """Scales that map faces from `min_face_size` up to the whole image onto P-Net's 12-pixel window."""
-        scale = _PNET_CELL / self.config.min_face_size
+        """Scales that map faces from the smallest searched size up to the whole image onto P-Net's 12-pixel window."""
+        scale = _PNET_CELL / max(self.config.min_face_size, self.config.min_face_fraction * min(height, width))
         side = min(height, width) * scale
         scales = []
         while side >= _PNET_CELL:
