@@ -214,6 +214,8 @@ class Eyeglass3DPipeline(DiffusionPipeline):
         clock = time.perf_counter()
         landmarks_px = self.landmarker.predict(rgb, points5)
         stages["landmarker"] = "network"
+        # Every later crop is cut from the landmarks' five points: the detector's jump with glasses on.
+        points5 = alignment.five_points_from_landmarks(landmarks_px)
         timings["landmarks"] = (time.perf_counter() - clock) * 1e3
 
         report("parse")
@@ -258,7 +260,7 @@ class Eyeglass3DPipeline(DiffusionPipeline):
             image=PIL.Image.fromarray(rgb),
             stages=stages,
             timings_ms={name: round(value, 1) for name, value in timings.items()},
-            points5=detection.points.astype(np.float32),
+            points5=points5.astype(np.float32),
         )
 
     def _parse(self, rgb, points5, landmarks_px):
@@ -290,11 +292,7 @@ class Eyeglass3DPipeline(DiffusionPipeline):
         """3DMM coefficients in the canonical crop's camera; projection scales with the crop size, so the
         pose means the same at every resolution (see FaceModel.project)."""
         if self.regressor is not None:
-            size = self.regressor.config.input_size
-            matrix = alignment.crop_matrix(points5, size)
-            crop = alignment.warp_crop(rgb, matrix, size)
-            coefficients = self.regressor.split(self.regressor(_to_tensor(crop)).float())
-            return coefficients, "network"
+            return self.regressor.predict(rgb, points5), "network"
         matrix = alignment.crop_matrix(points5, FIT_CROP_SIZE)
         stage = "fitted to the 68 landmarks (no regressor network shipped)"
         with torch.inference_mode(False), torch.enable_grad():
@@ -343,8 +341,3 @@ class Eyeglass3DPipeline(DiffusionPipeline):
             model.uv_triangles.numpy(),
             texture,
         )
-
-
-def _to_tensor(image: np.ndarray) -> torch.Tensor:
-    """HxWx3 uint8 → (1,3,H,W) float in [0,1], the input convention of every component."""
-    return torch.from_numpy(np.ascontiguousarray(image)).permute(2, 0, 1)[None].float().div_(255)

@@ -1,9 +1,11 @@
 import numpy as np
+import pytest
 
 from eyeglass3d.geometry.alignment import (
     CANONICAL_FIVE_POINTS,
     crop_matrix,
     estimate_similarity,
+    five_points_from_landmarks,
     invert_affine,
     region_matrix,
     transform_points,
@@ -19,6 +21,19 @@ def test_similarity_recovers_a_known_transform():
     matrix = estimate_similarity(src, dst)
     np.testing.assert_allclose(matrix[:, :2], scale * rot, atol=1e-9)
     np.testing.assert_allclose(matrix[:, 2], shift, atol=1e-9)
+
+
+def test_five_points_from_landmarks_follow_a_similarity_and_need_68_points():
+    landmarks = np.random.default_rng(2).uniform(0, 200, (68, 2))
+    angle, scale, shift = -0.4, 0.8, np.array([30.0, 7.0])
+    rot = np.array([[np.cos(angle), -np.sin(angle)], [np.sin(angle), np.cos(angle)]])
+    five = five_points_from_landmarks(landmarks)
+    np.testing.assert_allclose(five[0], landmarks[36:42].mean(0))
+    np.testing.assert_allclose(five[4], landmarks[54])
+    moved = five_points_from_landmarks(scale * landmarks @ rot.T + shift)
+    np.testing.assert_allclose(moved, scale * five @ rot.T + shift, atol=1e-9)
+    with pytest.raises(ValueError, match="68"):
+        five_points_from_landmarks(landmarks[:5])
 
 
 def test_crop_and_region_frames_agree():

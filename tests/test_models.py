@@ -2,10 +2,17 @@
 
 from __future__ import annotations
 
+import numpy as np
 import pytest
 import torch
 
-from eyeglass3d.geometry.alignment import CANONICAL_FIVE_POINTS, EYE_BAND
+from eyeglass3d.geometry.alignment import (
+    CANONICAL_FIVE_POINTS,
+    EYE_BAND,
+    crop_matrix,
+    five_points_from_landmarks,
+    warp_crop,
+)
 from eyeglass3d.models import backbones
 from eyeglass3d.models.inpainter import InpaintGenerator
 from eyeglass3d.models.landmarker import LandmarkRegressor
@@ -134,8 +141,7 @@ def test_landmarker_returns_float32_under_bf16_autocast():
 
 def test_landmarker_mean_shape_sits_on_the_canonical_five_points():
     mean = LandmarkRegressor(variant="small", width_mult=0.5).mean_landmarks.numpy()
-    five = [mean[36:42].mean(0), mean[42:48].mean(0), mean[30], mean[48], mean[54]]
-    assert abs(five - CANONICAL_FIVE_POINTS).max() < 0.02
+    assert abs(five_points_from_landmarks(mean) - CANONICAL_FIVE_POINTS).max() < 0.02
     assert (mean[:, 0] < 0.5).sum() > 25 and (mean[:, 0] > 0.5).sum() > 25  # both halves of a face
     assert mean[8, 1] > mean[57, 1] > mean[33, 1] > mean[27, 1] > mean[19, 1]  # chin, lip, nose, bridge, brow
 
@@ -154,6 +160,23 @@ def test_landmarker_round_trip(tmp_path):
 def test_landmarker_rejects_unknown_variant():
     with pytest.raises(ValueError, match="variant"):
         LandmarkRegressor(variant="medium")
+    with pytest.raises(ValueError, match="68"):
+        LandmarkRegressor(num_points=5, refinements=1)
+
+
+def test_landmarker_refinement_predicts_again_from_its_own_five_points(tmp_path):
+    model = LandmarkRegressor(input_size=64, variant="small", width_mult=0.5, refinements=1).eval()
+    _randomise(model)
+    model.save_pretrained(tmp_path)
+    loaded = LandmarkRegressor.from_pretrained(tmp_path).eval()
+    assert loaded.config.refinements == 1
+    image = np.random.default_rng(0).integers(0, 256, (96, 80, 3), dtype=np.uint8)
+    points5 = CANONICAL_FIVE_POINTS * 70 + np.array([4.0, 12.0])
+    with torch.no_grad():
+        first = loaded._predict_once(image, points5)
+        refined = loaded.predict(image, points5)
+        np.testing.assert_allclose(refined, loaded._predict_once(image, five_points_from_landmarks(first)), atol=1e-5)
+    assert np.abs(refined - first).max() > 1e-3  # a randomised network answers differently on the new crop
 
 
 # ----------------------------------------------------------------------------- parser
@@ -307,6 +330,27 @@ def test_regressor_round_trip_with_custom_sizes(tmp_path):
     loaded = CoefficientRegressor.from_pretrained(tmp_path).eval()
     assert list(loaded.split(expected)) == ["identity", "expression", "pose"]
     _assert_same_model(loaded, model, loaded(images), expected)
+
+
+@pytest.mark.parametrize("shift", [0.0, 0.1])
+def test_regressor_predict_averages_shifted_crops_and_keeps_the_centre_pose(tmp_path, shift):
+    model = CoefficientRegressor(backbone="resnet18", input_size=32, test_time_shift=shift).eval()
+    _randomise(model)
+    model.save_pretrained(tmp_path)
+    loaded = CoefficientRegressor.from_pretrained(tmp_path).eval()
+    image = np.random.default_rng(1).integers(0, 256, (60, 50, 3), dtype=np.uint8)
+    points5 = CANONICAL_FIVE_POINTS * 40 + np.array([5.0, 9.0])
+    matrix = crop_matrix(points5, 32)
+    moves = [(0, 0)] + ([(3.2, 0), (-3.2, 0), (0, 3.2), (0, -3.2)] if shift else [])
+    crops = [warp_crop(image, matrix + np.array([[0, 0, dx], [0, 0, dy]]), 32) for dx, dy in moves]
+    with torch.no_grad():
+        outputs = loaded(torch.from_numpy(np.stack(crops)).permute(0, 3, 1, 2).float() / 255)
+        predicted = loaded.predict(image, points5)
+    expected = loaded.split(outputs.mean(0, keepdim=True))
+    for name in ("identity", "expression", "texture", "lighting"):
+        torch.testing.assert_close(predicted[name], expected[name])
+    torch.testing.assert_close(predicted["pose"], loaded.split(outputs[:1])["pose"])
+    assert predicted["identity"].shape == (1, 80)
 
 
 def test_regressor_encoder_keeps_torchvision_names():

@@ -62,3 +62,15 @@ def test_a_few_training_steps_lower_the_loss(example_records):
         optimizer.step()
         losses.append(loss.item())
     assert losses[-1] < 0.5 * losses[0]
+
+
+def test_eval_latency_times_the_whole_predict_with_its_refinements():
+    from eyeglass3d.evaluation.eval_landmarker import latency_ms
+    from eyeglass3d.models.landmarker import LandmarkRegressor
+
+    calls = []
+    model = LandmarkRegressor(input_size=32, variant="small", width_mult=0.35, refinements=2).eval()
+    model.register_forward_hook(lambda *args: calls.append(1))
+    figures = latency_ms(model, repeats=3)
+    assert set(figures) == {"fp32", "bf16"} and min(figures.values()) > 0
+    assert len(calls) == 3 * (3 + 5) * 2  # three forwards a face, (repeats + warm-up) calls, fp32 and bf16

@@ -15,7 +15,7 @@ from diffusers import ConfigMixin, ModelMixin
 from diffusers.configuration_utils import register_to_config
 from torch import nn
 
-from ..geometry.alignment import crop_matrix, invert_affine, transform_points, warp_crop
+from ..geometry.alignment import crop_matrix, five_points_from_landmarks, invert_affine, transform_points, warp_crop
 from .backbones import ImageNetNormalize, mobilenet_v3_large, mobilenet_v3_small
 
 # Frontal mean face in the unit canonical crop (iBUG 68-point order). Derived, not learnt: the
@@ -46,6 +46,7 @@ class LandmarkRegressor(ModelMixin, ConfigMixin):
 
     The offset layer starts at zero, so an untrained model returns the mean shape; training may
     overwrite the `mean_landmarks` buffer with the data set's mean (it is saved with the weights).
+    `refinements` (68 points only) is how many times `predict` cuts a new crop from its own answer.
     """
 
     @register_to_config
@@ -57,8 +58,11 @@ class LandmarkRegressor(ModelMixin, ConfigMixin):
         num_points: int = 68,
         head: str = "pooled",
         spatial_channels: int = 64,
+        refinements: int = 0,
     ):
         super().__init__()
+        if refinements and num_points != 68:
+            raise ValueError("refinements re-crop from iBUG 68-point landmarks; num_points must be 68")
         if variant not in _BACKBONES:
             raise ValueError(f"variant must be one of {sorted(_BACKBONES)}, got {variant!r}")
         if head not in ("pooled", "spatial"):
@@ -100,8 +104,16 @@ class LandmarkRegressor(ModelMixin, ConfigMixin):
         """68 landmarks (68, 2) in pixels of `image` (HxWx3 uint8 RGB), from the detector's five points.
 
         The one place that cuts this model's crop and maps its answer back, shared by the pipeline and
-        the evaluation so that both measure the same thing.
+        the evaluation so that both measure the same thing. Each refinement predicts again on the crop cut
+        from the five points the landmarks give: glasses throw the detector's eye points off, and a network
+        trained on jittered crops answers best near the crop it was trained on.
         """
+        landmarks = self._predict_once(image, points5_px)
+        for _ in range(self.config.refinements):
+            landmarks = self._predict_once(image, five_points_from_landmarks(landmarks))
+        return landmarks
+
+    def _predict_once(self, image: np.ndarray, points5_px: np.ndarray) -> np.ndarray:
         size = self.config.input_size
         matrix = crop_matrix(np.asarray(points5_px, np.float64), size)
         crop = torch.from_numpy(warp_crop(image, matrix, size)).permute(2, 0, 1)[None].float().div(255)
