@@ -26,8 +26,9 @@ def start_run(out: Path, name: str, threads: int) -> logging.Logger:
     return log
 
 
-def export_fp16(model_class, out: Path, folder: Path, log: logging.Logger) -> None:
-    """Write `out/best` (a `save_pretrained` folder) to `folder` in fp16, the card's storage format."""
-    model = model_class.from_pretrained(out / "best")
+def export_fp16(model_class, out: Path, folder: Path, log: logging.Logger, **config) -> None:
+    """Write `out/best` (a `save_pretrained` folder) to `folder` in fp16, the card's storage format; `config`
+    overrides inference-only settings the checkpoint was saved without."""
+    model = model_class.from_pretrained(out / "best", **config)
     model.half().save_pretrained(folder, safe_serialization=True)
     log.info("exported %s to %s (fp16)", out / "best", folder)

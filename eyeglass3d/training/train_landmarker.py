@@ -106,11 +106,12 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--resume", action="store_true")
     parser.add_argument("--export", type=Path, help="write the best checkpoint as fp16 to this folder and stop")
+    parser.add_argument("--refinements", type=int, default=1, help="re-crops `predict` makes from its own landmarks")
     args = parser.parse_args(argv)
 
     log = start_run(args.out, "train_landmarker", args.threads)
     if args.export:
-        export_fp16(LandmarkRegressor, args.out, args.export, log)
+        export_fp16(LandmarkRegressor, args.out, args.export, log, refinements=args.refinements)
         return
 
     train = FaceRecords("train", labels_path=args.labels, glasses_csv=None)
@@ -121,7 +122,8 @@ def main(argv: list[str] | None = None) -> None:
     val_versions = glasses_copies(val, 1, args.seed + 1, cache_dir, log).images
     log.info("train %d faces, val %d faces", len(train), len(val))
 
-    model = LandmarkRegressor(input_size=args.input_size, variant=args.variant, width_mult=args.width_mult, head=args.head)
+    model = LandmarkRegressor(input_size=args.input_size, variant=args.variant, width_mult=args.width_mult, head=args.head,
+                              refinements=args.refinements)
     for module in model.modules():  # torchvision's 0.01 suits fine-tuning; from scratch the running stats lag
         if isinstance(module, torch.nn.BatchNorm2d):
             module.momentum = 0.1
