@@ -33,7 +33,6 @@ from tqdm import tqdm
 from eyeglass3d.evaluation.metrics import iou, psnr, ssim
 from eyeglass3d.evaluation.report import write_report
 from eyeglass3d.evaluation.timing import forward_ms
-from eyeglass3d.geometry.alignment import five_points_from_landmarks
 from eyeglass3d.geometry.face_regions import grow_glasses_mask
 from eyeglass3d.inpaint_classical import classical_inpaint
 from eyeglass3d.paths import REPO_ROOT, default_weights
@@ -57,12 +56,6 @@ def detect(detector, image: np.ndarray):
     """The pipeline's choice: the largest detection, or None."""
     faces = detector.detect(image)
     return faces[0] if faces else None
-
-
-def locate(landmarker, image: np.ndarray, face) -> tuple[np.ndarray, np.ndarray]:
-    """The pipeline's order: landmarks from the detector's points, then every crop from the landmarks' five."""
-    landmarks = landmarker.predict(image, face.points.astype(np.float64))
-    return landmarks, five_points_from_landmarks(landmarks)
 
 
 def parse_glasses(parser, image: np.ndarray, points5: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -196,7 +189,7 @@ def main(argv: list[str] | None = None) -> dict:
             if face is None:
                 clean_missed += 1
             else:
-                glasses, _ = parse_glasses(face_parser, record.image, locate(landmarker, record.image, face)[1])
+                glasses, _ = parse_glasses(face_parser, record.image, face.points)
                 clean_flagged += glasses_share(glasses, face.box) > GLASSES_SHARE
 
         sample = compositor(record.image, record.landmarks68_px, np.random.default_rng([EVAL_SEED, index]))
@@ -204,7 +197,8 @@ def main(argv: list[str] | None = None) -> dict:
         if face is None:
             synthetic_missed += 1
             continue
-        landmarks, points5 = locate(landmarker, sample.image, face)
+        points5 = face.points.astype(np.float64)
+        landmarks = landmarker.predict(sample.image, points5)
 
         if face_parser is not None:
             glasses, band = parse_glasses(face_parser, sample.image, points5)
@@ -244,10 +238,11 @@ def main(argv: list[str] | None = None) -> dict:
             if face is None:
                 wearers_missed += 1
                 continue
-            landmarks, points5 = locate(landmarker, image, face)
+            points5 = face.points.astype(np.float64)
             glasses, _ = parse_glasses(face_parser, image, points5)
             wearers_found += glasses_share(glasses, face.box) > GLASSES_SHARE
             if len(triplets) < GRID_FACES:
+                landmarks = landmarker.predict(image, points5)
                 grown = grow_glasses_mask(glasses, landmarks)  # the pipeline's `_parse` then `_inpaint`
                 if not grown.any():
                     after = image

@@ -30,7 +30,7 @@ import PIL.Image
 import torch
 from tqdm import tqdm
 
-from eyeglass3d.geometry.alignment import five_points_from_landmarks, warp_crop
+from eyeglass3d.geometry.alignment import warp_crop
 from eyeglass3d.geometry.fitting import fit_landmarks
 from eyeglass3d.geometry.photometric_fit import fit_photometric
 from eyeglass3d.models.face_model import join_coefficients
@@ -79,7 +79,6 @@ def deglass(pipe, image: np.ndarray, points5: np.ndarray) -> np.ndarray:
     """What `reconstruct` feeds its regressor for this photo: the pipeline's own landmark, parse and inpaint
     stages, so the twins cannot drift from inference."""
     landmarks = pipe.landmarker.predict(image, points5)
-    points5 = five_points_from_landmarks(landmarks)
     _, mask, _ = pipe._parse(image, points5, landmarks)
     return pipe._inpaint(image, points5, landmarks, mask)[0] if mask.any() else image
 

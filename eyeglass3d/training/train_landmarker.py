@@ -106,7 +106,8 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--resume", action="store_true")
     parser.add_argument("--export", type=Path, help="write the best checkpoint as fp16 to this folder and stop")
-    parser.add_argument("--refinements", type=int, default=1, help="re-crops `predict` makes from its own landmarks")
+    parser.add_argument("--refinements", type=int, default=0,
+                        help="re-crops `predict` makes from its own landmarks (each costs one more forward)")
     args = parser.parse_args(argv)
 
     log = start_run(args.out, "train_landmarker", args.threads)
