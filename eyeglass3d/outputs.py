@@ -32,7 +32,7 @@ class ReconstructionOutput(BaseOutput):
     image: PIL.Image.Image | None = None  # the input as loaded (EXIF-rotated RGB)
     stages: dict[str, str] = field(default_factory=dict)
     timings_ms: dict[str, float] = field(default_factory=dict)
-    points5: np.ndarray | None = None  # (5, 2) float32, five points every crop after the landmarks is cut from: eye centres, nose tip, mouth corners of `landmarks`
+    points5: np.ndarray | None = None  # (5, 2) float32, the crop of the regressor and the texture: eye centres, nose tip, mouth corners of `landmarks`
 
     def export(self, path: str | Path) -> list[Path]:
         """Write the textured mesh: `.glb`, or `.obj` with its `.mtl` and `.png`; returns the files written."""

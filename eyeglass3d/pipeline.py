@@ -214,8 +214,6 @@ class Eyeglass3DPipeline(DiffusionPipeline):
         clock = time.perf_counter()
         landmarks_px = self.landmarker.predict(rgb, points5)
         stages["landmarker"] = "network"
-        # Every later crop is cut from the landmarks' five points: the detector's jump with glasses on.
-        points5 = alignment.five_points_from_landmarks(landmarks_px)
         timings["landmarks"] = (time.perf_counter() - clock) * 1e3
 
         report("parse")
@@ -239,12 +237,16 @@ class Eyeglass3DPipeline(DiffusionPipeline):
 
         report("regress")
         clock = time.perf_counter()
-        coefficients, stages["regressor"] = self._regress(inpainted, points5, landmarks_px)
+        # The shape must not follow the detector's eye points, which glasses move by ~5 % of the eye distance:
+        # the regressor's and the texture's crops come from the landmarks' five points. (The parser and the
+        # inpainter map their answers back to the photo, and were trained on the detector's crops.)
+        shape_points5 = alignment.five_points_from_landmarks(landmarks_px)
+        coefficients, stages["regressor"] = self._regress(inpainted, shape_points5, landmarks_px)
         timings["regress"] = (time.perf_counter() - clock) * 1e3
 
         report("mesh")
         clock = time.perf_counter()
-        mesh = self._textured_mesh(inpainted, points5, coefficients)
+        mesh = self._textured_mesh(inpainted, shape_points5, coefficients)
         timings["mesh"] = (time.perf_counter() - clock) * 1e3
 
         return ReconstructionOutput(
@@ -260,7 +262,7 @@ class Eyeglass3DPipeline(DiffusionPipeline):
             image=PIL.Image.fromarray(rgb),
             stages=stages,
             timings_ms={name: round(value, 1) for name, value in timings.items()},
-            points5=points5.astype(np.float32),
+            points5=shape_points5.astype(np.float32),
         )
 
     def _parse(self, rgb, points5, landmarks_px):
