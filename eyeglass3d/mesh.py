@@ -6,6 +6,7 @@ from the front without any transform). UVs follow OBJ (v up); trimesh flips them
 
 from __future__ import annotations
 
+from functools import lru_cache
 from pathlib import Path
 
 import numpy as np
@@ -20,14 +21,24 @@ _MATERIAL_NAME = "face"
 def split_uv_seams(triangles: np.ndarray, uv_triangles: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """One vertex per distinct (vertex, uv) corner pair, since glTF/trimesh carry one UV per vertex.
 
-    Returns (vertex_index (V',) into the original vertices, uv_index (V',) into the UV table, faces (F,3) into V').
+    Returns (vertex_index (V',) into the original vertices, uv_index (V',) into the UV table, faces (F,3) into V'),
+    read-only: they depend on the topology alone, so they are cached by its bytes (every face of one model shares them).
     """
-    vertex = np.asarray(triangles, np.int64).ravel()
-    uv = np.asarray(uv_triangles, np.int64).ravel()
+    vertex = np.ascontiguousarray(triangles, np.int64)
+    uv = np.ascontiguousarray(uv_triangles, np.int64)
+    return _cached_seams(vertex.tobytes(), uv.tobytes())
+
+
+@lru_cache(maxsize=4)
+def _cached_seams(vertex_bytes: bytes, uv_bytes: bytes) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    vertex, uv = np.frombuffer(vertex_bytes, np.int64), np.frombuffer(uv_bytes, np.int64)
     base = int(uv.max()) + 1 if uv.size else 1
     # One integer per pair, ordered like the pairs themselves: a 1-D unique is ~10x faster than unique(axis=0).
     unique_keys, faces = np.unique(vertex * base + uv, return_inverse=True)
-    return unique_keys // base, unique_keys % base, faces.reshape(-1, 3)
+    arrays = unique_keys // base, unique_keys % base, faces.reshape(-1, 3)
+    for array in arrays:
+        array.setflags(write=False)
+    return arrays
 
 
 def build_mesh(

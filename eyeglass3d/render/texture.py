@@ -22,6 +22,7 @@ _GRAZING_COSINE = (0.05, 0.3)
 # Feather width of the visibility masks, and blur of the fallback's gain map, as fractions of the atlas height.
 _FEATHER_FRACTION = 1.0 / 128.0
 _GAIN_SIGMA_FRACTION = 1.0 / 32.0
+_ZBUFFER_MAX_SIDE = 256
 
 
 def atlas_uv(uv_coords: np.ndarray) -> np.ndarray:
@@ -190,7 +191,13 @@ def unwrap_texture(
     covered = covered_t.numpy()
 
     vertices_t = torch.from_numpy(vertices_px).float()
-    zbuffer_triangle = rasterize(vertices_t[None], triangles_t, height, width).triangle_index[0].reshape(-1)
+    # Which surface is in front, on a grid of at most _ZBUFFER_MAX_SIDE: occlusion edges need no finer grid than
+    # the feathering that follows, and the rasteriser's cost grows with the pixels each triangle covers.
+    zbuffer_scale = min(1.0, _ZBUFFER_MAX_SIDE / max(height, width))
+    zbuffer_height, zbuffer_width = max(1, round(height * zbuffer_scale)), max(1, round(width * zbuffer_scale))
+    zbuffer_vertices = vertices_t * torch.tensor([zbuffer_scale, zbuffer_scale, 1.0])
+    zbuffer_triangle = rasterize(zbuffer_vertices[None], triangles_t, zbuffer_height, zbuffer_width).triangle_index
+    zbuffer_triangle = zbuffer_triangle[0].reshape(-1)
     normals_t = None if normals is None else torch.from_numpy(np.asarray(normals, np.float32))
     terms = _surface_terms(vertices_t, triangles_t, normals_t)
     depth = vertices_t[:, 2]
@@ -203,16 +210,17 @@ def unwrap_texture(
             [vertices_t, terms["vertex_cosine"][:, None], terms["vertex_slope"][:, None]], -1
         )[vertex_order]
         x, y, point_depth, cosine, own_slope = interpolate(attributes[None], triangles_t, atlas)[0].unbind(-1)
-        col, row = torch.floor(x).long(), torch.floor(y).long()
-        inside = covered_t & (col >= 0) & (col < width) & (row >= 0) & (row < height)
-        winner = torch.where(inside, zbuffer_triangle[(row * width + col).clamp(0, height * width - 1)], -1)
+        col, row = torch.floor(x * zbuffer_scale).long(), torch.floor(y * zbuffer_scale).long()
+        inside = covered_t & (col >= 0) & (col < zbuffer_width) & (row >= 0) & (row < zbuffer_height)
+        pixel = (row * zbuffer_width + col).clamp(0, zbuffer_height * zbuffer_width - 1)
+        winner = torch.where(inside, zbuffer_triangle[pixel], -1)
         safe_winner = winner.clamp(min=0)
         # The winner's depth plane, evaluated at the point itself rather than at its pixel centre.
         plane = terms["plane"][safe_winner]
         winner_depth = plane[..., 0] * x + plane[..., 1] * y + plane[..., 2]
         # A point's own depth slope (depth per pixel) bounds how far the neighbouring facets of its own surface can
-        # deviate within a pixel; another surface in front is further away than that.
-        tolerance = 1.5 * own_slope + depth_tolerance
+        # deviate within a z-buffer pixel; another surface in front is further away than that.
+        tolerance = 1.5 * own_slope / zbuffer_scale + depth_tolerance
         unoccluded = (winner >= 0) & (point_depth <= winner_depth + tolerance)
         return torch.stack([x, y], -1).numpy(), unoccluded.numpy(), cosine.numpy()
 
