@@ -146,6 +146,23 @@ def test_landmarker_mean_shape_sits_on_the_canonical_five_points():
     assert mean[8, 1] > mean[57, 1] > mean[33, 1] > mean[27, 1] > mean[19, 1]  # chin, lip, nose, bridge, brow
 
 
+def test_folded_batchnorm_answers_the_same_and_is_remade_when_the_weights_may_change():
+    model = LandmarkRegressor(input_size=64, variant="small", width_mult=0.5, head="spatial").eval()
+    _randomise(model)
+    folded = model.inference_network()
+    assert not any(isinstance(module, torch.nn.BatchNorm2d) for module in folded.modules())
+    images = torch.rand(2, 3, 64, 64)
+    with torch.no_grad():
+        torch.testing.assert_close(folded(images), model(images), atol=1e-5, rtol=1e-4)
+    assert model.inference_network() is folded
+    assert set(model.state_dict()) == set(LandmarkRegressor(input_size=64, variant="small", width_mult=0.5,
+                                                              head="spatial").state_dict())
+    for change in (lambda: model.train(False), lambda: model.load_state_dict(model.state_dict()), model.float):
+        change()
+        assert model.inference_network() is not folded
+        folded = model.inference_network()
+
+
 def test_landmarker_round_trip(tmp_path):
     model = LandmarkRegressor(input_size=64, variant="large", width_mult=0.35).eval()
     _randomise(model)

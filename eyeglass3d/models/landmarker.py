@@ -16,7 +16,7 @@ from diffusers.configuration_utils import register_to_config
 from torch import nn
 
 from ..geometry.alignment import crop_matrix, five_points_from_landmarks, invert_affine, transform_points, warp_crop
-from .backbones import ImageNetNormalize, mobilenet_v3_large, mobilenet_v3_small
+from .backbones import FoldedInference, ImageNetNormalize, mobilenet_v3_large, mobilenet_v3_small
 
 # Frontal mean face in the unit canonical crop (iBUG 68-point order). Derived, not learnt: the
 # ICT Face Model's neutral 68 landmarks (MIT), projected orthographically, mirror-averaged and
@@ -41,7 +41,7 @@ FRONTAL_MEAN_LANDMARKS = (
 _BACKBONES = {"large": mobilenet_v3_large, "small": mobilenet_v3_small}
 
 
-class LandmarkRegressor(ModelMixin, ConfigMixin):
+class LandmarkRegressor(FoldedInference, ModelMixin, ConfigMixin):
     """MobileNetV3 (large or small) + one linear layer predicting offsets from `mean_landmarks`.
 
     The offset layer starts at zero, so an untrained model returns the mean shape; training may
@@ -117,5 +117,6 @@ class LandmarkRegressor(ModelMixin, ConfigMixin):
         size = self.config.input_size
         matrix = crop_matrix(np.asarray(points5_px, np.float64), size)
         crop = torch.from_numpy(warp_crop(image, matrix, size)).permute(2, 0, 1)[None].float().div(255)
-        landmarks_unit = self(crop.to(self.dtype))[0].float().numpy()
+        network = self.inference_network()
+        landmarks_unit = network(crop.to(next(network.parameters()).dtype))[0].float().numpy()
         return transform_points(invert_affine(matrix), landmarks_unit * size)

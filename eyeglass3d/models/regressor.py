@@ -17,7 +17,7 @@ from diffusers.configuration_utils import register_to_config
 from torch import nn
 
 from ..geometry.alignment import crop_matrix, warp_crop
-from .backbones import ImageNetNormalize, mobilenet_v3_large, resnet18, resnet50
+from .backbones import FoldedInference, ImageNetNormalize, mobilenet_v3_large, resnet18, resnet50
 
 DEFAULT_COEFFICIENT_SIZES = MappingProxyType(
     {"identity": 80, "expression": 53, "texture": 80, "lighting": 27, "pose": 6}
@@ -25,7 +25,7 @@ DEFAULT_COEFFICIENT_SIZES = MappingProxyType(
 _BACKBONES = {"resnet50": resnet50, "resnet18": resnet18, "mobilenet_v3_large": mobilenet_v3_large}
 
 
-class CoefficientRegressor(ModelMixin, ConfigMixin):
+class CoefficientRegressor(FoldedInference, ModelMixin, ConfigMixin):
     """`test_time_shift` > 0: `predict` averages all but the pose over the crop and four copies moved by that
     fraction of the crop (left, right, up, down)."""
 
@@ -84,7 +84,8 @@ class CoefficientRegressor(ModelMixin, ConfigMixin):
         for dx, dy in moves:
             moved = matrix + np.array([[0.0, 0.0, dx], [0.0, 0.0, dy]])
             crops.append(torch.from_numpy(warp_crop(image, moved, size)).permute(2, 0, 1))
-        outputs = self(torch.stack(crops).float().div(255).to(self.dtype)).float()
+        network = self.inference_network()
+        outputs = network(torch.stack(crops).float().div(255).to(next(network.parameters()).dtype)).float()
         coefficients = self.split(outputs.mean(0, keepdim=True))
         if "pose" in coefficients:
             coefficients["pose"] = self.split(outputs[:1])["pose"]
