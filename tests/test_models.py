@@ -393,3 +393,14 @@ def test_patch_discriminator_receptive_field_is_70():
     model(image)[0, 0, 5, 5].backward()
     rows, cols = torch.nonzero(image.grad[0].abs().sum(0), as_tuple=True)
     assert rows.max() - rows.min() + 1 == 70 and cols.max() - cols.min() + 1 == 70
+
+
+@pytest.mark.parametrize("native", [True, False])
+def test_unets_use_bf16_only_on_cpus_that_compute_it_natively(monkeypatch, native):
+    from eyeglass3d.models import precision
+
+    assert isinstance(precision.native_bf16(), bool)
+    monkeypatch.setattr(precision, "native_bf16", lambda: native)
+    with precision.unet_autocast(torch.device("cpu")):
+        assert torch.is_autocast_enabled("cpu") == native
+        assert torch.nn.Conv2d(3, 4, 1)(torch.rand(1, 3, 4, 4)).dtype == (torch.bfloat16 if native else torch.float32)

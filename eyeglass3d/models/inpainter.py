@@ -17,6 +17,7 @@ from diffusers.configuration_utils import register_to_config
 from torch import nn
 
 from ..geometry.alignment import EYE_BAND, invert_affine, region_matrix, transform_points, warp_crop
+from .precision import unet_autocast
 
 # iBUG 68-point parts, one guidance channel each when guidance_channels == 5.
 LANDMARK_GROUPS = (range(0, 17), range(17, 27), range(27, 36), range(36, 48), range(48, 68))
@@ -161,7 +162,8 @@ class InpaintGenerator(ModelMixin, ConfigMixin):
             self.config.guidance_sigma, self.config.guidance_channels,
         )
         mask_tensor = torch.from_numpy(band_mask)[None, None].float()
-        filled = self.inpaint(band.to(self.dtype), mask_tensor.to(self.dtype), guidance.to(self.dtype))[0]
+        with unet_autocast(self.device):
+            filled = self.inpaint(band.to(self.dtype), mask_tensor.to(self.dtype), guidance.to(self.dtype))[0]
         filled = (filled.float().clamp(0, 1).permute(1, 2, 0).numpy() * 255 + 0.5).astype(np.uint8)
         inverse = invert_affine(matrix)
         back = cv2.warpAffine(

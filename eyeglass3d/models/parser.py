@@ -17,6 +17,7 @@ from torch import nn
 
 from ..geometry.alignment import EYE_BAND, invert_affine, region_matrix, warp_crop
 from .backbones import ImageNetNormalize
+from .precision import unet_autocast
 
 DEFAULT_LABELS = ("background", "skin", "brows", "eyes", "nose", "lips", "mouth", "hair", "eyeglasses")
 
@@ -101,7 +102,8 @@ class FaceParser(ModelMixin, ConfigMixin):
         size_hw = tuple(self.config.input_size)
         matrix = region_matrix(np.asarray(points5_px, np.float64), tuple(self.config.crop_box), size_hw)
         band = torch.from_numpy(warp_crop(image, matrix, size_hw)).permute(2, 0, 1)[None].float().div(255)
-        labels = self(band.to(self.dtype))[0].argmax(0).to(torch.uint8).numpy()
+        with unet_autocast(self.device):
+            labels = self(band.to(self.dtype))[0].argmax(0).to(torch.uint8).numpy()
         return cv2.warpAffine(
             labels, invert_affine(matrix), (width, height), flags=cv2.INTER_NEAREST, borderValue=255
         )
