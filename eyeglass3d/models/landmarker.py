@@ -117,6 +117,5 @@ class LandmarkRegressor(FoldedInference, ModelMixin, ConfigMixin):
         size = self.config.input_size
         matrix = crop_matrix(np.asarray(points5_px, np.float64), size)
         crop = torch.from_numpy(warp_crop(image, matrix, size)).permute(2, 0, 1)[None].float().div(255)
-        network = self.inference_network()
-        landmarks_unit = network(crop.to(next(network.parameters()).dtype))[0].float().numpy()
+        landmarks_unit = self.folded_forward(crop)[0].float().numpy()
         return transform_points(invert_affine(matrix), landmarks_unit * size)

@@ -84,8 +84,7 @@ class CoefficientRegressor(FoldedInference, ModelMixin, ConfigMixin):
         for dx, dy in moves:
             moved = matrix + np.array([[0.0, 0.0, dx], [0.0, 0.0, dy]])
             crops.append(torch.from_numpy(warp_crop(image, moved, size)).permute(2, 0, 1))
-        network = self.inference_network()
-        outputs = network(torch.stack(crops).float().div(255).to(next(network.parameters()).dtype)).float()
+        outputs = self.folded_forward(torch.stack(crops).float().div(255)).float()
         coefficients = self.split(outputs.mean(0, keepdim=True))
         if "pose" in coefficients:
             coefficients["pose"] = self.split(outputs[:1])["pose"]
