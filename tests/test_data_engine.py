@@ -12,21 +12,27 @@ from PIL import Image
 from eyeglass3d.paths import data_root
 from eyeglass3d.training import label_faces
 from eyeglass3d.training.datasets import FaceRecords, canonical_crop, five_points_from_landmarks68
+from eyeglass3d.training.face_sets import SPLITS_DIR, face_set, file_key
 from eyeglass3d.training.splits import (
-    SPLIT_NAMES, UTKFACE_SPLIT_CSV, assign_split, load_split, near_duplicate_groups, read_split_csv, write_split_csv,
+    SPLIT_NAMES, UTKFACE_SPLIT_CSV, assign_split, load_split, near_duplicate_groups, read_keyed_csv,
+    read_lfw_pair_folds, read_split_csv, split_of_files, split_rows, write_split_csv,
 )
 
 UTKFACE_IMAGES = data_root() / "faces" / "utkface" / "images"
 
 
-def test_split_is_stable_disjoint_and_80_10_10():
-    recorded = read_split_csv()
-    assert len(recorded) == 9780
+needs_shared_data = pytest.mark.skipif(not UTKFACE_IMAGES.is_dir(), reason="the shared face data is not here")
+
+
+@needs_shared_data
+def test_utkface_split_keys_resolve_and_follow_the_hash_rule():
+    recorded = read_split_csv(UTKFACE_SPLIT_CSV)
+    names = face_set("utkface").resolve(recorded)
+    assert len(recorded) == len(names) == 9780  # every hashed key names exactly one photo
     # The CSV is exactly what the hash rule gives, so it can always be regenerated, and a group of
     # near-duplicate photos never straddles two splits.
-    with open(UTKFACE_SPLIT_CSV, newline="") as handle:
-        rows = list(csv.DictReader(line for line in handle if not line.startswith("#")))
-    assert all(assign_split(row["group"] or row["file"]) == row["split"] for row in rows)
+    rows = read_keyed_csv(UTKFACE_SPLIT_CSV)
+    assert all(assign_split(names[row["group"] or row["key"]]) == row["split"] for row in rows)
     group_splits = {}
     for row in rows:
         if row["group"]:
@@ -37,25 +43,73 @@ def test_split_is_stable_disjoint_and_80_10_10():
     splits = {name: set(load_split(name)) for name in SPLIT_NAMES}
     assert not splits["train"] & splits["val"] and not splits["train"] & splits["test"]
     assert not splits["val"] & splits["test"]
-    assert set().union(*splits.values()) == set(recorded)
+    assert set().union(*splits.values()) == set(names.values())
     fractions = {name: len(files) / len(recorded) for name, files in splits.items()}
     assert fractions["train"] == pytest.approx(0.8, abs=0.015)
     assert fractions["val"] == pytest.approx(0.1, abs=0.01)
     assert fractions["test"] == pytest.approx(0.1, abs=0.01)
 
 
-def test_split_csv_round_trip_ignores_listing_order(tmp_path):
+def test_committed_csvs_hold_no_utkface_file_names():
+    for path in SPLITS_DIR.glob("*.csv"):
+        assert ".chip.jpg" not in path.read_text(), path.name
+
+
+@needs_shared_data
+def test_lfw_split_is_by_person_and_follows_the_pair_folds():
+    lfw = face_set("lfw")
+    recorded = read_split_csv(lfw.split_csv)
+    names = lfw.resolve(recorded)
+    assert len(recorded) == len(names) == 6922
+    split_of_person: dict[str, set] = {}
+    for key, name in names.items():
+        split_of_person.setdefault(name.split("/")[0], set()).add(recorded[key])
+    assert all(len(splits) == 1 for splits in split_of_person.values())  # no person in two splits
+    folds = read_lfw_pair_folds(lfw.root / "pairs_dev.txt")
+    for person, (split,) in split_of_person.items():
+        assert split == {4: "val", 5: "test"}.get(folds.get(person), "train"), person
+    # Every person of a fold-4 or fold-5 pair has a photo in val or test.
+    assert {p for p, f in folds.items() if f == 5} <= {p for p, s in split_of_person.items() if s == {"test"}}
+    assert len(load_split("val", "lfw")) + len(load_split("test", "lfw")) + len(load_split("train", "lfw")) == 6922
+
+
+def test_lfw_pair_folds_reader_on_a_known_file(tmp_path):
+    pairs = tmp_path / "pairs.txt"
+    pairs.write_text("2\t1\nAnn\t1\t2\nAnn\t1\tBob\t1\nCid\t1\t3\nCid\t2\tDee\t1\n")
+    assert read_lfw_pair_folds(pairs) == {"Ann": 1, "Bob": 1, "Cid": 2, "Dee": 2}
+    pairs.write_text("2\t1\nAnn\t1\t2\nAnn\t1\tBob\t1\nCid\t1\t3\nCid\t2\tAnn\t2\n")
+    with pytest.raises(ValueError, match="identity-disjoint"):
+        read_lfw_pair_folds(pairs)
+    rows = split_rows("lfw", ["Ann/Ann_0001.jpg", "Cid/Cid_0001.jpg", "Eve/Eve_0001.jpg"], lfw_folds={"Ann": 4, "Cid": 5})
+    assert sorted(split for _, split, _ in rows) == ["test", "train", "val"]
+    assert dict((key, split) for key, split, _ in rows)[file_key("Eve/Eve_0001.jpg")] == "train"
+
+
+@needs_shared_data
+def test_celebamask_split_keys_resolve_80_10_10():
+    faces = face_set("celebamask")
+    recorded = read_split_csv(faces.split_csv)
+    names = faces.resolve(recorded)
+    assert len(recorded) == len(names) == 942
+    assert all(assign_split(name) == recorded[key] for key, name in names.items())
+    counts = {name: sum(s == name for s in recorded.values()) for name in SPLIT_NAMES}
+    assert counts["train"] / 942 == pytest.approx(0.8, abs=0.04)
+
+
+def test_split_rows_ignore_listing_order_and_keep_groups_together(tmp_path):
     names = [f"{i}_0_0_2017.jpg.chip.jpg" for i in range(50)]
-    write_split_csv(names, tmp_path / "a.csv")
-    write_split_csv(reversed(names), tmp_path / "b.csv")
+    write_split_csv(split_rows("utkface", names), tmp_path / "a.csv", "made in a test")
+    write_split_csv(split_rows("utkface", reversed(names)), tmp_path / "b.csv", "made in a test")
     assert (tmp_path / "a.csv").read_text() == (tmp_path / "b.csv").read_text()
-    assert read_split_csv(tmp_path / "a.csv") == {n: assign_split(n) for n in names}
+    assert read_split_csv(tmp_path / "a.csv") == {file_key(n): assign_split(n) for n in names}
     # A group follows its key's split, whatever the members' own hashes say.
     groups = {name: names[0] for name in names[:10]}
-    write_split_csv(names, tmp_path / "c.csv", groups)
-    assert {read_split_csv(tmp_path / "c.csv")[n] for n in names[:10]} == {assign_split(names[0])}
+    write_split_csv(split_rows("utkface", names, groups), tmp_path / "c.csv", "made in a test")
+    recorded = read_split_csv(tmp_path / "c.csv")
+    assert {recorded[file_key(n)] for n in names[:10]} == {assign_split(names[0])}
+    assert split_of_files(names[:2] + ["absent.jpg"], tmp_path / "c.csv")[2] is None
     with pytest.raises(ValueError):
-        load_split("training", tmp_path / "a.csv")
+        load_split("training")
 
 
 def test_near_duplicate_groups_join_close_descriptors_only():
@@ -147,9 +201,10 @@ def fake_cache(tmp_path):
     arrays = label_faces.stack_records(records)
     arrays["quality"], arrays["disagreement"] = label_faces.quality_flags(arrays)
     label_faces.write_npz(tmp_path / "labels.npz", arrays)
-    (tmp_path / "split.csv").write_text("# test\nfile,split\na.jpg,train\nb.jpg,train\nc.jpg,val\n")
+    a, b, c = (file_key(f) for f in files)
+    (tmp_path / "split.csv").write_text(f"# test\nkey,split\n{a},train\n{b},train\n{c},val\n")
     (tmp_path / "glasses.csv").write_text(
-        "# test\nfile,glasses_prob,wears_glasses\na.jpg,0.9,1\nb.jpg,0.1,0\nc.jpg,0.2,0\n"
+        f"# test\nkey,glasses_prob,wears_glasses\n{a},0.9,1\n{b},0.1,0\n{c},0.2,0\n"
     )
     return {"labels_path": tmp_path / "labels.npz", "images_dir": images, "split_csv": tmp_path / "split.csv",
             "glasses_csv": tmp_path / "glasses.csv"}, records
@@ -235,13 +290,16 @@ def test_glasses_classifier_learns_a_toy_frame_and_csv_round_trips(tmp_path):
     assert probs_framed.shape == (32,) and probs_framed.min() > probs_clean.max()
 
     files = ["b.jpg", "a.jpg", "c.jpg"]
-    hand = {"c.jpg": True}  # a verdict by eye beats the threshold
+    hand = {file_key("c.jpg"): True}  # a verdict by eye beats the threshold
     write_glasses_csv(tmp_path / "g.csv", files, np.array([0.2, 0.7, 0.1]), 0.5, "made in a test\nsecond line", hand)
     text = (tmp_path / "g.csv").read_text()
-    assert text.startswith("# made in a test\n# second line\nfile,glasses_prob,wears_glasses,checked_by_hand\n")
-    assert "c.jpg,0.1000,1,1" in text and "a.jpg,0.7000,1,0" in text
-    assert read_glasses_csv(tmp_path / "g.csv") == {"a.jpg": (0.7, True), "b.jpg": (0.2, False), "c.jpg": (0.1, True)}
-    assert fold_of("a.jpg", 3) == fold_of("a.jpg", 3) and {fold_of(f"{i}.jpg", 3) for i in range(30)} == {0, 1, 2}
+    assert text.startswith("# made in a test\n# second line\nkey,glasses_prob,wears_glasses,checked_by_hand\n")
+    a, b, c = (file_key(f) for f in ("a.jpg", "b.jpg", "c.jpg"))
+    assert f"{c},0.1000,1,1" in text and f"{a},0.7000,1,0" in text and "a.jpg" not in text
+    assert read_glasses_csv(tmp_path / "g.csv") == {a: (0.7, True), b: (0.2, False), c: (0.1, True)}
+    # Fold bits are sha1 hex digits 8-16, independent of the split's first 8: fixed known answers.
+    assert [fold_of(f"{i}.jpg", 3) for i in range(12)] == [1, 0, 2, 1, 1, 1, 1, 1, 2, 0, 0, 2]
+    assert fold_of("b.jpg", 5) == 1
 
 
 def test_recorded_glasses_labels_cover_every_file_and_keep_the_hand_verdicts():
@@ -251,9 +309,9 @@ def test_recorded_glasses_labels_cover_every_file_and_keep_the_hand_verdicts():
     labels = read_glasses_csv(GLASSES_CSV)
     hand = read_hand_labels(HAND_CSV)
     assert set(labels) == set(read_split_csv())
-    assert all(labels[file][1] == wears for file, wears in hand.items())
+    assert all(labels[key][1] == wears for key, wears in hand.items())
     # The real-world test set: every test photo the classifier flagged was judged by eye.
-    test = set(load_split("test"))
+    test = {key for key, split in read_split_csv().items() if split == "test"}
     assert all(file in hand for file in test if labels[file][0] >= CANDIDATE_PROB)
     wearers = sum(labels[file][1] for file in test)
     assert 0.05 < wearers / len(test) < 0.25

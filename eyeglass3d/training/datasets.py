@@ -1,37 +1,38 @@
-"""UTKFace faces with their teacher labels, the one loader every training script shares.
+"""Real faces with their teacher labels, the one loader every training script shares.
 
-A record is `(image, landmarks68_px, points5_px, descriptor, wears_glasses)`:
+Faces come from one of the sets of `face_sets` (UTKFace, LFW, CelebAMask). A record is
+`(image, landmarks68_px, points5_px, descriptor, wears_glasses)`:
 
-    image            (H, W, 3) uint8 RGB, the UTKFace crop as stored (200 x 200)
+    image            (H, W, 3) uint8 RGB, the photo as stored (200, 250 or 512 px square)
     landmarks68_px   (68, 2) float32, dlib's landmarks in image pixels
     points5_px       (5, 2) float32, our MTCNN detector's five points in image pixels (the crop
                      networks see at inference is cut from these: `canonical_crop`); where MTCNN
                      found no face (quality 0) or did not run, the same five points from the 68 landmarks
     descriptor       (128,) float32, dlib's identity descriptor of the (glasses-free or not) photo
-    wears_glasses    bool, from `splits/utkface_glasses.csv`
+    wears_glasses    bool, from `splits/utkface_glasses.csv` (UTKFace; other sets: False)
 
-Images are decoded once and kept in RAM as uint8 (about 117 KB per face, 1.2 GB for all 9,780);
+Images are decoded once and kept in RAM as uint8 (about 117 KB per UTKFace face, 1.2 GB for all 9,780);
 call `preload()` before forking DataLoader workers so that they share the pages.
 """
 
 from __future__ import annotations
 
-import csv
 from pathlib import Path
 from typing import NamedTuple
 
 import numpy as np
 
 from eyeglass3d.geometry.alignment import crop_matrix, transform_points, warp_crop
-from eyeglass3d.paths import REPO_ROOT, data_root
-from eyeglass3d.training.splits import SPLITS_DIR, UTKFACE_SPLIT_CSV, read_split_csv
+from eyeglass3d.training import face_sets
+from eyeglass3d.training.face_sets import SPLITS_DIR, file_key
+from eyeglass3d.training.splits import read_keyed_csv, read_split_csv
 
-DEFAULT_LABELS = REPO_ROOT / "cache" / "utkface_labels.npz"
+DEFAULT_LABELS = face_sets.face_set("utkface").default_labels
 GLASSES_CSV = SPLITS_DIR / "utkface_glasses.csv"
 
 
 def utkface_images_dir() -> Path:
-    return data_root() / "faces" / "utkface" / "images"
+    return face_sets.face_set("utkface").images_dir
 
 
 def five_points_from_landmarks68(landmarks68_px: np.ndarray) -> np.ndarray:
@@ -54,10 +55,8 @@ class FaceRecord(NamedTuple):
 
 
 def read_glasses_csv(path: str | Path = GLASSES_CSV) -> dict[str, tuple[float, bool]]:
-    """file -> (glasses_prob, wears_glasses) as recorded by `glasses_labels`."""
-    with open(path, newline="") as handle:
-        rows = csv.DictReader(line for line in handle if not line.startswith("#"))
-        return {r["file"]: (float(r["glasses_prob"]), r["wears_glasses"] == "1") for r in rows}
+    """file key -> (glasses_prob, wears_glasses) as recorded by `glasses_labels`."""
+    return {r["key"]: (float(r["glasses_prob"]), r["wears_glasses"] == "1") for r in read_keyed_csv(path)}
 
 
 class FaceRecords:
@@ -65,37 +64,44 @@ class FaceRecords:
 
     Args:
         split: 'train', 'val', 'test', or None for every labelled file.
+        face_set: 'utkface', 'lfw' or 'celebamask'; sets the default labels, images and split.
         min_quality: keep files whose `label_faces` quality flag is at least this (1 keeps the
             whole-crop fallback labels, 2 only faces dlib's detector found; 0 keeps the drops too).
         glasses: 'any', 'without' (inpainting targets, clean identities) or 'with' (real wearers).
-        glasses_csv: the wearer labels; None when they are not needed (every face counts as clean).
+        glasses_csv: the wearer labels (UTKFace only); None when they are not needed (every face
+            counts as clean).
     """
 
     def __init__(
         self,
         split: str | None = "train",
         *,
-        labels_path: str | Path = DEFAULT_LABELS,
+        face_set: str = "utkface",
+        labels_path: str | Path | None = None,
         images_dir: str | Path | None = None,
-        split_csv: str | Path = UTKFACE_SPLIT_CSV,
+        split_csv: str | Path | None = None,
         glasses_csv: str | Path | None = GLASSES_CSV,
         min_quality: int = 1,
         glasses: str = "any",
     ):
         if glasses not in ("any", "without", "with"):
             raise ValueError(f"glasses must be 'any', 'without' or 'with', got {glasses!r}")
+        if face_set != "utkface" and glasses_csv == GLASSES_CSV:
+            glasses_csv = None  # the wearer labels are UTKFace's; the other sets have none
         if glasses != "any" and glasses_csv is None:
-            raise ValueError("filtering by eyeglasses needs glasses_csv")
-        self.images_dir = Path(images_dir) if images_dir is not None else utkface_images_dir()
-        with np.load(labels_path) as labels:
+            raise ValueError(f"filtering {face_set} by eyeglasses needs wearer labels (glasses_csv)")
+        faces = face_sets.face_set(face_set)
+        self.face_set = face_set
+        self.images_dir = Path(images_dir) if images_dir is not None else faces.images_dir
+        with np.load(labels_path if labels_path is not None else faces.default_labels) as labels:
             keep = labels["quality"] >= min_quality
             if split is not None:
-                splits = read_split_csv(split_csv)
-                keep &= np.array([splits.get(str(f)) == split for f in labels["files"]])
+                splits = read_split_csv(split_csv if split_csv is not None else faces.split_csv)
+                keep &= np.array([splits.get(file_key(str(f))) == split for f in labels["files"]])
             columns = {name: labels[name][keep] for name in
                        ("files", "landmarks68", "points5", "descriptor", "quality")}
         worn = read_glasses_csv(glasses_csv) if glasses_csv is not None else {}
-        wears = np.array([worn.get(str(f), (0.0, False))[1] for f in columns["files"]], bool)
+        wears = np.array([worn.get(file_key(str(f)), (0.0, False))[1] for f in columns["files"]], bool)
         if glasses != "any":
             chosen = wears if glasses == "with" else ~wears
             columns = {name: column[chosen] for name, column in columns.items()}

@@ -34,7 +34,8 @@ from torch import nn
 from eyeglass3d.geometry.alignment import EYE_BAND, region_matrix
 from eyeglass3d.paths import REPO_ROOT
 from eyeglass3d.training.datasets import DEFAULT_LABELS, GLASSES_CSV, FaceRecords
-from eyeglass3d.training.splits import SPLITS_DIR, load_split, read_split_csv
+from eyeglass3d.training.face_sets import file_key
+from eyeglass3d.training.splits import SPLITS_DIR, load_split, read_keyed_csv, split_of_files
 
 BAND_HW = (40, 88)  # EYE_BAND is 0.84 x 0.38 of the unit crop; 56 x 124 scored no better on hand-labelled photos
 DEFAULT_BANDS = REPO_ROOT / "cache" / "utkface_glasses_bands.npz"
@@ -166,25 +167,24 @@ def contact_sheet(images: list[np.ndarray], captions: list[str], path: Path, col
 
 
 def read_hand_labels(path: str | Path = HAND_CSV) -> dict[str, bool]:
-    """file -> wears glasses, as judged by eye (see the CSV's header)."""
-    with open(path, newline="") as handle:
-        rows = csv.DictReader(line for line in handle if not line.startswith("#"))
-        return {row["file"]: row["wears_glasses"] == "1" for row in rows}
+    """file key -> wears glasses, as judged by eye (see the CSV's header)."""
+    return {row["key"]: row["wears_glasses"] == "1" for row in read_keyed_csv(path)}
 
 
 def write_glasses_csv(
     path: Path, files: list[str], probs: np.ndarray, threshold: float, how: str, hand: dict[str, bool] | None = None
 ) -> None:
-    """Rows (file, glasses_prob, wears_glasses, checked_by_hand); a verdict by eye overrides the threshold."""
+    """Rows (file key, glasses_prob, wears_glasses, checked_by_hand); a verdict by eye (keyed like
+    the rows) overrides the threshold."""
     hand = hand or {}
     with open(path, "w", newline="") as handle:
         for line in how.strip().splitlines():
             handle.write(f"# {line}\n")
         writer = csv.writer(handle, lineterminator="\n")
-        writer.writerow(["file", "glasses_prob", "wears_glasses", "checked_by_hand"])
-        for file, prob in sorted(zip(files, probs)):
-            wears = hand.get(file, bool(prob >= threshold))
-            writer.writerow([file, f"{prob:.4f}", int(wears), int(file in hand)])
+        writer.writerow(["key", "glasses_prob", "wears_glasses", "checked_by_hand"])
+        for key, prob in sorted(zip(map(file_key, files), probs)):
+            wears = hand.get(key, bool(prob >= threshold))
+            writer.writerow([key, f"{prob:.4f}", int(wears), int(key in hand)])
 
 
 def fold_of(file_name: str, folds: int) -> int:
@@ -261,11 +261,11 @@ def main(argv: list[str] | None = None) -> None:
         probs = rounds[-1]
         np.savez(args.scores, files=np.array(records.files), probs=probs, rounds=np.stack(rounds))
 
-    splits = read_split_csv()
+    splits = np.array(split_of_files(records.files))
     hand = read_hand_labels(args.hand) if args.hand.exists() else {}
-    wears = np.array([hand.get(f, bool(p >= args.threshold)) for f, p in zip(records.files, probs)])
+    wears = np.array([hand.get(file_key(f), bool(p >= args.threshold)) for f, p in zip(records.files, probs)])
     for name in ("train", "val", "test"):
-        in_split = np.array([splits[f] == name for f in records.files])
+        in_split = splits == name
         LOG.info("%s: %d wearers of %d (%.1f %%)", name, wears[in_split].sum(), in_split.sum(),
                  100 * wears[in_split].mean())
     how = f"""Eyeglasses on UTKFace crop_part1, made by eyeglass3d/training/glasses_labels.py: a small CNN

@@ -1,16 +1,18 @@
-"""Label every UTKFace image once with the teachers, for all training scripts.
+"""Label every photo of a face set once with the teachers, for all training scripts.
 
-    python -m eyeglass3d.training.label_faces --out cache/utkface_labels.npz [--limit N]
-        [--detector weights_card/detector] [--workers 2]
+    python -m eyeglass3d.training.label_faces --set utkface|lfw|celebamask [--out cache/<set>_labels.npz]
+        [--limit N] [--detector weights_card/detector] [--workers 2]
 
 Per file it stores dlib's box, 68 landmarks and 128-D descriptor, and our MTCNN detector's box,
 score and five points (the crop every network is trained on is cut from these five points, as at
 inference). Work is appended to `<out>.chunks/` as it goes, so an interrupted run resumes where it
-stopped, and a run with `--detector` over a dlib-only cache adds just the MTCNN pass. The merged
-`<out>` is rewritten at the end with a quality flag per file:
+stopped, and a run with `--detector` over a dlib-only cache adds just the MTCNN pass. Files are
+named by their path below the set's image folder. The merged `<out>` is rewritten at the end with a
+quality flag per file:
 
     2  dlib's detector found the face and MTCNN's five points agree with the 68 landmarks
-    1  dlib's detector missed (whole-crop fallback box), MTCNN agrees
+    1  dlib's detector missed, MTCNN agrees (the 68 points were placed in a fallback box: the whole
+       crop for UTKFace's tight crops, MTCNN's face for the uncropped sets)
     0  drop: no MTCNN face, or MTCNN and dlib disagree (`disagreement` > `--max-disagreement`)
 
 Without an MTCNN pass the flag is provisional (2 or 1 from dlib alone, `mtcnn_ran` False).
@@ -30,8 +32,8 @@ import cv2
 import numpy as np
 from PIL import Image
 
-from eyeglass3d.paths import REPO_ROOT, data_root
 from eyeglass3d.training.datasets import five_points_from_landmarks68
+from eyeglass3d.training.face_sets import FACE_SETS, face_set
 
 FIELDS = {  # name: (shape, dtype, fill when missing)
     "dlib_detected": ((), bool, False),
@@ -53,13 +55,19 @@ MAX_DISAGREEMENT = 0.25
 MTCNN_PAD = 0.15
 LOG = logging.getLogger("eyeglass3d.label_faces")
 
+# Sets whose photos are tight face crops, where the whole image is the best box when dlib misses.
+WHOLE_IMAGE_FALLBACK = frozenset({"utkface"})
+# dlib's HOG box starts at the brows; MTCNN's at the hairline: drop this fraction of MTCNN's height.
+MTCNN_TO_DLIB_TOP = 0.15
 _teacher = None
 _detector = None
+_whole_image_fallback = True
 
 
-def _init_worker(detector_path: str | None) -> None:
+def _init_worker(detector_path: str | None, whole_image_fallback: bool = True) -> None:
     """Per-process models; one thread each, since the team shares two cores."""
-    global _teacher, _detector
+    global _teacher, _detector, _whole_image_fallback
+    _whole_image_fallback = whole_image_fallback
     import torch
 
     from eyeglass3d.training.teacher import DlibTeacher
@@ -74,19 +82,33 @@ def _init_worker(detector_path: str | None) -> None:
 
 def _label_one(job: tuple[str, dict | None]) -> dict:
     """Fill in what is missing for one image: the dlib pass, then the MTCNN pass if a detector is loaded."""
-    path, record = job
+    path, name, record = job
     image = np.asarray(Image.open(path).convert("RGB"))
     record = dict(record) if record is not None else {}
+    detections = _detect_padded(_detector, image) if _detector is not None else None
     if "landmarks68" not in record:
-        label = _teacher(image)
+        fallback = None if _whole_image_fallback or not detections else _dlib_like_box(_central(detections, image))
+        label = _teacher(image, fallback)
         record.update(
             dlib_detected=label.detected, dlib_box=label.box_px, landmarks68=label.landmarks68_px,
             descriptor=label.descriptor,
         )
-    if _detector is not None and not record.get("mtcnn_ran", False):
-        record.update(_mtcnn_fields(_detect_padded(_detector, image), record["dlib_box"]))
-    record["file"] = os.path.basename(path)
+    if detections is not None and not record.get("mtcnn_ran", False):
+        record.update(_mtcnn_fields(detections, record["dlib_box"]))
+    record["file"] = name
     return record
+
+
+def _central(detections: list, image: np.ndarray):
+    """The detection nearest the photo's centre (the labelled person of a news photo)."""
+    centre = np.array(image.shape[1::-1], np.float64) / 2
+    return min(detections, key=lambda d: np.linalg.norm((np.asarray(d.box[:2]) + np.asarray(d.box[2:])) / 2 - centre))
+
+
+def _dlib_like_box(detection) -> np.ndarray:
+    """MTCNN's box cut to where dlib's HOG box would sit (brows to chin), for dlib's shape predictor."""
+    x0, y0, x1, y1 = np.asarray(detection.box, np.float32)
+    return np.array([x0, y0 + MTCNN_TO_DLIB_TOP * (y1 - y0), x1, y1], np.float32)
 
 
 def _detect_padded(detector, image: np.ndarray) -> list:
@@ -178,19 +200,21 @@ def merge(chunk_dir: Path, out: Path, max_disagreement: float = MAX_DISAGREEMENT
 
 
 def run(
-    images: Path, out: Path, *, limit: int | None = None, detector: str | None = None, workers: int = 1,
-    chunk_size: int = 256, max_disagreement: float = MAX_DISAGREEMENT,
+    images: Path, files: list[str], out: Path, *, limit: int | None = None, detector: str | None = None,
+    workers: int = 1, chunk_size: int = 256, max_disagreement: float = MAX_DISAGREEMENT,
+    whole_image_fallback: bool = True,
 ) -> dict:
+    """Label `files` (paths relative to `images`) into `out`, resuming from its chunks."""
     from tqdm import tqdm
 
     chunk_dir = out.with_name(out.stem + ".chunks")
     chunk_dir.mkdir(parents=True, exist_ok=True)
-    files = sorted(p.name for p in images.glob("*.jpg"))[:limit]
+    files = files[:limit]
     done = load_chunks(chunk_dir)
     todo = [f for f in files if f not in done or (detector is not None and not done[f].get("mtcnn_ran", False))]
     LOG.info("%d files, %d already labelled, %d to do (detector=%s, workers=%d)",
              len(files), len(files) - len(todo), len(todo), detector, workers)
-    jobs = [(str(images / f), done.get(f)) for f in todo]
+    jobs = [(str(images / f), f, done.get(f)) for f in todo]
     next_chunk = len(list(chunk_dir.glob("chunk_*.npz")))
     start = time.perf_counter()
     pending: list[dict] = []
@@ -204,11 +228,11 @@ def run(
     if workers > 1:
         import multiprocessing
 
-        pool = multiprocessing.get_context("spawn").Pool(workers, _init_worker, (detector,))
+        pool = multiprocessing.get_context("spawn").Pool(workers, _init_worker, (detector, whole_image_fallback))
         results = pool.imap(_label_one, jobs, chunksize=8)
     else:
         pool = None
-        _init_worker(detector)
+        _init_worker(detector, whole_image_fallback)
         results = map(_label_one, jobs)
     try:
         for count, record in enumerate(tqdm(results, total=len(jobs), desc="label_faces", mininterval=5), 1):
@@ -236,18 +260,20 @@ def run(
 
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--out", type=Path, default=REPO_ROOT / "cache" / "utkface_labels.npz")
-    parser.add_argument("--images", type=Path, default=data_root() / "faces" / "utkface" / "images")
+    parser.add_argument("--set", default="utkface", choices=sorted(FACE_SETS), help="which face set to label")
+    parser.add_argument("--out", type=Path, default=None, help="label cache (default: cache/<set>_labels.npz)")
     parser.add_argument("--limit", type=int, default=None, help="label only the first N files (sorted by name)")
     parser.add_argument("--detector", default=None, help="our MTCNN weights folder, e.g. weights_card/detector")
     parser.add_argument("--workers", type=int, default=1, choices=(1, 2))
     parser.add_argument("--max-disagreement", type=float, default=MAX_DISAGREEMENT)
     parser.add_argument("--merge-only", action="store_true", help="recompute quality flags without labelling")
     args = parser.parse_args(argv)
+    faces = face_set(args.set)
+    args.out = args.out or faces.default_labels
     args.out.parent.mkdir(parents=True, exist_ok=True)
     logging.basicConfig(
         level=logging.INFO, format="%(asctime)s %(message)s",
-        handlers=[logging.FileHandler(args.out.parent / "label_faces.log"), logging.StreamHandler()],
+        handlers=[logging.FileHandler(args.out.with_suffix(".log")), logging.StreamHandler()],
     )
     # `kill` (SIGTERM) ends the run through the normal exit path, so the last partial chunk is kept.
     signal.signal(signal.SIGTERM, lambda signum, frame: sys.exit(128 + signum))
@@ -255,8 +281,8 @@ def main(argv: list[str] | None = None) -> None:
         arrays = merge(args.out.with_name(args.out.stem + ".chunks"), args.out, args.max_disagreement)
         LOG.info("merged %d files; quality counts %s", len(arrays["files"]), np.bincount(arrays["quality"], minlength=3))
         return
-    run(args.images, args.out, limit=args.limit, detector=args.detector, workers=args.workers,
-        max_disagreement=args.max_disagreement)
+    run(faces.images_dir, faces.files(), args.out, limit=args.limit, detector=args.detector, workers=args.workers,
+        max_disagreement=args.max_disagreement, whole_image_fallback=args.set in WHOLE_IMAGE_FALLBACK)
 
 
 if __name__ == "__main__":

@@ -82,11 +82,15 @@ class DlibTeacher:
         shape = dlib.full_object_detection(_rectangle(box), points)
         return np.asarray(self.descriptor_model.compute_face_descriptor(_as_rgb_uint8(image), shape), np.float32)
 
-    def __call__(self, image: np.ndarray) -> TeacherLabel:
+    def __call__(self, image: np.ndarray, fallback_box: np.ndarray | None = None) -> TeacherLabel:
+        """Label the face nearest the centre; where dlib's detector misses, place the 68 points in
+        `fallback_box` (another detector's face, for uncropped photos) or else the whole image."""
         image = _as_rgb_uint8(image)
         box = self.detect(image)
         detected = box is not None
-        if box is None:
+        if box is None and fallback_box is not None:
+            box = np.asarray(fallback_box, np.float32)
+        elif box is None:
             height, width = image.shape[:2]
             box = np.array([0, 0, width - 1, height - 1], np.float32)
         landmarks = self.landmarks(image, box)
