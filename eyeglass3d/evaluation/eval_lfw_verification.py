@@ -1,17 +1,22 @@
 """Face verification on LFW with the reconstruction's identity coefficients (the paper's protocol).
 
-    python -m eyeglass3d.evaluation.eval_lfw_verification --lfw-dir LFW [--pairs LFW/pairs.txt]
+    python -m eyeglass3d.evaluation.eval_lfw_verification --split val|test [--lfw-dir DIR] [--pairs FILE]
         [--weights weights_card] [--limit N] [--threads 2] [--also-left-in]
-        [--json runs/eval/lfw_verification.json]
+        [--json weights_card/eval/lfw_verification_<split>.json]
 
-LFW is not shipped: pass the folder holding `<name>/<name>_<0001>.jpg` images (and the standard `pairs.txt`,
-header "10\\t300": per fold 300 same-person lines `name i j`, then 300 different-person lines
-`name1 i name2 j`). Each image is reconstructed by the pipeline's public `reconstruct`; a pair's score is
-the cosine similarity of the two 80-D identity coefficient vectors. Figures, as in the paper:
+LFW is not shipped; by default the shared data folder's `lfw_dev/` (`images/<name>/<name>_<0001>.jpg` and
+`pairs_dev.txt`, the standard `pairs.txt` format cut to folds 1-5: per fold 300 same-person lines `name i j`,
+then 300 different-person lines `name1 i name2 j`). The project's LFW split is by person: fold 4 is `val`,
+fold 5 `test`, and this command scores that fold's pairs. Each image is reconstructed by the pipeline's public
+`reconstruct`; a pair's score is the cosine similarity of the two 80-D identity coefficient vectors. Figures:
 
-  * 10-fold accuracy: per fold, the threshold that maximises accuracy on the other folds, applied to it;
-  * 100% − EER: one minus the equal error rate of the ROC over all pairs;
+  * accuracy at the threshold chosen on `val` (the val run picks and records it; a test run reads it from the
+    val report, `--thresholds`), so no test pair decides anything;
+  * 100% − EER: one minus the equal error rate of the ROC over the split's pairs;
   * nAUC: the area under the ROC curve normalised to [0, 1] (1: perfect separation, 0.5: chance).
+
+A pair with a photo in which no face is found is a failure, not dropped: it is scored as the wrong answer at
+every threshold (−inf for a same pair, +inf for a different one), and counted on its own.
 
 Conditions: `clean`, and `glasses` with synthetic glasses (evaluation seed, drawn from the pipeline's own
 landmarks of the clean photo) put on the *second* image of every pair and removed by the pipeline;
@@ -22,6 +27,7 @@ found are left out and counted.
 from __future__ import annotations
 
 import argparse
+import json
 from pathlib import Path
 from typing import NamedTuple
 
@@ -30,10 +36,11 @@ import torch
 from tqdm import tqdm
 
 from eyeglass3d.errors import FaceNotFoundError
-from eyeglass3d.evaluation.report import write_report
-from eyeglass3d.paths import REPO_ROOT, default_weights
+from eyeglass3d.evaluation.report import SPLITS, default_json, public_path, write_report
+from eyeglass3d.paths import data_root, default_weights
 
 EVAL_SEED = 20221  # glasses drawn for evaluation only; training seeds are small integers
+SPLIT_FOLDS = {"val": 3, "test": 4}  # 0-based folds of pairs_dev.txt: LFW folds 4 and 5
 
 
 class Pair(NamedTuple):
@@ -88,22 +95,10 @@ def cosine(a: np.ndarray, b: np.ndarray) -> float:
 # ---------------------------------------------------------------------------------------------- metrics
 def best_threshold(scores: np.ndarray, same: np.ndarray) -> float:
     """The threshold (score >= threshold means 'same') with the highest accuracy; midpoints between scores."""
-    values = np.unique(scores)
+    values = np.unique(scores[np.isfinite(scores)])  # failures are wrong at any threshold: not candidates
     candidates = np.concatenate([[values[0] - 1.0], (values[1:] + values[:-1]) / 2, [values[-1] + 1.0]])
     accuracy = [np.mean((scores >= threshold) == same) for threshold in candidates]
     return float(candidates[int(np.argmax(accuracy))])
-
-
-def fold_accuracy(scores, same, folds) -> tuple[float, float]:
-    """Mean and standard deviation over folds of the accuracy with a threshold chosen on the other folds."""
-    scores, same, folds = np.asarray(scores, np.float64), np.asarray(same, bool), np.asarray(folds)
-    results = []
-    for fold in np.unique(folds):
-        test = folds == fold
-        train = ~test if (~test).any() else test  # a single fold: the threshold is chosen on itself
-        threshold = best_threshold(scores[train], same[train])
-        results.append(np.mean((scores[test] >= threshold) == same[test]))
-    return float(np.mean(results)), float(np.std(results))
 
 
 def roc(scores, same) -> tuple[np.ndarray, np.ndarray]:
@@ -134,35 +129,64 @@ def normalised_auc(scores, same) -> float:
     return float(np.sum((far[1:] - far[:-1]) * (tar[1:] + tar[:-1]) / 2))
 
 
-def verification_figures(scores, same, folds) -> dict:
-    accuracy, spread = fold_accuracy(scores, same, folds)
+def failure_score(same: bool) -> float:
+    """The score of a pair whose face was not found: the wrong answer at every threshold."""
+    return -np.inf if same else np.inf
+
+
+def accuracy_at(scores, same, threshold: float) -> float:
+    scores, same = np.asarray(scores, np.float64), np.asarray(same, bool)
+    return float(np.mean((scores >= threshold) == same))
+
+
+def verification_figures(scores, same, threshold: float | None = None) -> dict:
+    """Accuracy at `threshold` (None: the best one on these pairs, which only a val run may pick), EER and AUC."""
+    chosen = best_threshold(np.asarray(scores, np.float64), np.asarray(same, bool)) if threshold is None else threshold
     return {
         "pairs": len(scores),
-        "accuracy": round(accuracy, 4),
-        "accuracy_std": round(spread, 4),
+        "threshold": round(chosen, 6),
+        "accuracy": round(accuracy_at(scores, same, chosen), 4),
         "100_minus_eer": round(1.0 - equal_error_rate(scores, same), 4),
         "nauc": round(normalised_auc(scores, same), 4),
     }
 
 
 # ---------------------------------------------------------------------------------------------- main
+def read_thresholds(path: Path) -> dict[str, float]:
+    """condition -> the threshold a val run chose and recorded."""
+    report = json.loads(path.read_text())
+    if report.get("split") != "val":
+        raise SystemExit(f"{path}: thresholds must come from a val run, this report is split {report.get('split')!r}")
+    return {name: entry["threshold"] for name, entry in report.items()
+            if isinstance(entry, dict) and "threshold" in entry}
+
+
 def main(argv: list[str] | None = None) -> dict:
+    lfw = data_root() / "lfw_dev"
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--lfw-dir", type=Path, required=True, help="folder of <name>/<name>_<0001>.jpg images")
-    parser.add_argument("--pairs", type=Path, default=None, help="pairs file (default: LFW_DIR/pairs.txt)")
+    parser.add_argument("--split", choices=SPLITS, required=True)
+    parser.add_argument("--lfw-dir", type=Path, default=lfw / "images", help="folder of <name>/<name>_<0001>.jpg")
+    parser.add_argument("--pairs", type=Path, default=lfw / "pairs_dev.txt")
+    parser.add_argument("--thresholds", type=Path, default=default_json("lfw_verification", "val", full=True),
+                        help="the val report whose thresholds a test run applies")
     parser.add_argument("--weights", default=str(default_weights()), help="model repo folder or Hub id")
-    parser.add_argument("--limit", type=int, default=0, help="first N same and N different pairs per fold (0: all)")
+    parser.add_argument("--limit", type=int, default=0, help="first N same and N different pairs (0: all)")
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--also-left-in", action="store_true", help="also score glasses left in (no removal)")
-    parser.add_argument("--json", type=Path, default=REPO_ROOT / "runs" / "eval" / "lfw_verification.json")
+    parser.add_argument("--json", type=Path, default=None)
     args = parser.parse_args(argv)
     torch.set_num_threads(args.threads)
+    conditions = ["clean", "glasses"] + (["glasses_left_in"] if args.also_left_in else [])
+    thresholds = read_thresholds(args.thresholds) if args.split == "test" else {}
+    if args.split == "test" and not set(conditions) <= set(thresholds):
+        raise SystemExit(f"{args.thresholds} has no val threshold for {sorted(set(conditions) - set(thresholds))}: "
+                         "run --split val with the same conditions first")
 
     from eyeglass3d import Eyeglass3DPipeline
     from eyeglass3d.image_io import load_image
     from eyeglass3d.training.compositor import GlassesCompositor
 
-    pairs = read_pairs(args.pairs or args.lfw_dir / "pairs.txt", args.limit)
+    pairs = [pair for pair in read_pairs(args.pairs, args.limit) if pair.fold == SPLIT_FOLDS[args.split]]
     pipe = Eyeglass3DPipeline.from_pretrained(args.weights)
     compositor = GlassesCompositor(seed=EVAL_SEED)
     clean_cache: dict[str, tuple[np.ndarray, np.ndarray, np.ndarray] | None] = {}
@@ -180,49 +204,50 @@ def main(argv: list[str] | None = None) -> dict:
                 clean_cache[relative] = None
         return clean_cache[relative]
 
-    conditions = ["clean", "glasses"] + (["glasses_left_in"] if args.also_left_in else [])
     scores: dict[str, list[float]] = {name: [] for name in conditions}
-    kept: dict[str, list[int]] = {name: [] for name in conditions}
-    for index, pair in enumerate(tqdm(pairs, desc="LFW pairs", mininterval=10)):
+    failed = {name: 0 for name in conditions}
+
+    def score(name: str, pair: Pair, first, second_identity) -> None:
+        found = first is not None and second_identity is not None
+        scores[name].append(cosine(first[1], second_identity) if found else failure_score(pair.same))
+        failed[name] += not found
+
+    for index, pair in enumerate(tqdm(pairs, desc=f"LFW {args.split} pairs", mininterval=10)):
         first, second = clean(pair.first), clean(pair.second)
-        if first is None or second is None:
-            continue
-        scores["clean"].append(cosine(first[1], second[1]))
-        kept["clean"].append(index)
-        sample = compositor(second[0], second[2], np.random.default_rng([EVAL_SEED, index]))
+        score("clean", pair, first, second[1] if second is not None else None)
         for name, remove in (("glasses", True), ("glasses_left_in", False)):
             if name not in conditions:
                 continue
-            try:
-                worn = pipe.reconstruct(sample.image, remove_glasses=remove)
-            except FaceNotFoundError:
-                continue
-            scores[name].append(cosine(first[1], worn.coefficients["identity"]))
-            kept[name].append(index)
+            worn = None
+            if second is not None:  # glasses drawn from the pipeline's landmarks of the clean second photo
+                sample = compositor(second[0], second[2], np.random.default_rng([EVAL_SEED, index]))
+                try:
+                    worn = pipe.reconstruct(sample.image, remove_glasses=remove).coefficients["identity"]
+                except FaceNotFoundError:
+                    worn = None
+            score(name, pair, first, worn)
 
+    same = [pair.same for pair in pairs]
     report: dict = {
-        "pairs_file": str(args.pairs or args.lfw_dir / "pairs.txt"),
-        "pairs": len(pairs),
-        "folds": len({pair.fold for pair in pairs}),
+        "split": args.split,
+        "n": len(pairs),
+        "pairs_file": public_path(args.pairs),
+        "fold": SPLIT_FOLDS[args.split] + 1,
         "images_without_face": sum(value is None for value in clean_cache.values()),
-        "score": "cosine similarity of the identity coefficients",
+        "score": "cosine similarity of the identity coefficients; a pair with a face not found: wrong at any threshold",
+        "threshold_source": public_path(args.thresholds) if thresholds else "chosen on these (val) pairs",
         "stages": stages,  # how each stage was produced (network or fallback)
     }
     for name in conditions:
-        indices = kept[name]
-        if not indices:
-            report[name] = {"pairs": 0}
-            continue
-        same = [pairs[i].same for i in indices]
-        folds = [pairs[i].fold for i in indices]
         if len(set(same)) < 2:
-            report[name] = {"pairs": len(indices), "note": "needs both same and different pairs"}
+            report[name] = {"pairs": len(pairs), "note": "needs both same and different pairs"}
             continue
-        report[name] = verification_figures(scores[name], same, folds)
-        report[name]["pairs_left_out"] = len(pairs) - len(indices)
-    report["weights"] = str(args.weights)
+        report[name] = verification_figures(scores[name], same, thresholds.get(name))
+        report[name]["pairs_with_a_face_not_found"] = failed[name]
+    report["weights"] = public_path(args.weights) if Path(args.weights).exists() else args.weights
     report["threads"] = args.threads
-    return write_report(report, args.json)
+    json_path = args.json or default_json("lfw_verification", args.split, full=not args.limit)
+    return write_report(report, json_path, module="eyeglass3d.evaluation.eval_lfw_verification", argv=argv)
 
 
 if __name__ == "__main__":

@@ -7,6 +7,7 @@ import numpy as np
 
 SSIM_WINDOW = 11  # Wang et al. 2004: 11x11 Gaussian window, sigma 1.5, K1 = 0.01, K2 = 0.03
 SSIM_SIGMA = 1.5
+MISSED_NME = 0.5  # a face the system did not find scores this, and no found face scores worse
 
 
 def normalised_mean_error(predicted: np.ndarray, target: np.ndarray) -> np.ndarray:
@@ -16,6 +17,14 @@ def normalised_mean_error(predicted: np.ndarray, target: np.ndarray) -> np.ndarr
     """
     scale = np.linalg.norm(target[..., 36, :] - target[..., 45, :], axis=-1)
     return np.linalg.norm(predicted - target, axis=-1).mean(-1) / scale
+
+
+def nme_or_miss(predicted: np.ndarray | None, target: np.ndarray) -> float:
+    """NME of one face with misses counted as failures: None (no face found) scores MISSED_NME, and a found face
+    is capped there, so every system is scored on the same faces and a miss never beats a bad answer."""
+    if predicted is None:
+        return MISSED_NME
+    return float(min(normalised_mean_error(np.asarray(predicted, np.float64), target), MISSED_NME))
 
 
 def iou(predicted: np.ndarray, target: np.ndarray, region: np.ndarray | None = None) -> float:
