@@ -3,29 +3,50 @@
 Every entry point (pipeline, CLI, Gradio app) goes through `load_image`, so the networks only ever
 see `(H, W, 3)` uint8 RGB, upright (EXIF applied), opaque, and of a size we agreed to process.
 Size limits are checked from the header, before any pixel is decoded, so a hostile or huge file
-costs nothing.
+costs nothing; the encoded bytes are capped too, so no input makes memory grow past what the pixel
+limit allows.
 """
 
 from __future__ import annotations
 
 import io
 import math
+import numbers
 import os
+import stat
 import threading
 from contextlib import contextmanager
 
 import cv2
 import numpy as np
-from PIL import Image, ImageCms, ImageOps, UnidentifiedImageError
+from PIL import Image, ImageCms, UnidentifiedImageError
 
 from .errors import ImageInputError
 
 MAX_MEGAPIXELS = 40.0
 MIN_SIDE_PX = 32
+# Only the decoders a photo needs (what the CLI and the app accept). Pillow can open many more
+# formats, some through little-used decoders and EPS through Ghostscript: none of them for strangers.
+ACCEPTED_FORMATS = ("JPEG", "PNG", "WEBP", "GIF", "BMP", "TIFF")  # JPEG includes MPO, PNG includes APNG
+# An encoded image may be as large as 16-bit RGBA without compression, plus room for its metadata.
+MAX_ENCODED_BYTES_PER_PIXEL = 8
+METADATA_ALLOWANCE_BYTES = 16 * 1024**2
 
 _ALPHA_MODES = {"RGBA", "LA", "PA", "RGBa", "La"}
 # Integer greyscale modes; a 16-bit PNG opens as "I;16" (or "I" in older Pillow) with 0..65535 values.
 _WIDE_INTEGER_MODES = {"I", "I;16", "I;16L", "I;16B", "I;16N"}
+# EXIF orientation → the transpose that makes the photo upright (EXIF 2.3, tag 0x0112).
+_UPRIGHT_TRANSPOSE = {
+    2: Image.Transpose.FLIP_LEFT_RIGHT,
+    3: Image.Transpose.ROTATE_180,
+    4: Image.Transpose.FLIP_TOP_BOTTOM,
+    5: Image.Transpose.TRANSPOSE,
+    6: Image.Transpose.ROTATE_270,
+    7: Image.Transpose.TRANSVERSE,
+    8: Image.Transpose.ROTATE_90,
+}
+_EXIF_ORIENTATION = 0x0112
+_READ_CHUNK_BYTES = 1024**2
 
 _PIL_LIMIT_LOCK = threading.Lock()
 
@@ -41,6 +62,7 @@ def load_image(
     `source` may be a path (`str` / `os.PathLike`), `bytes` / `bytearray` / `memoryview`, a binary
     file object, a `PIL.Image.Image`, or a numpy array shaped (H, W), (H, W, 1), (H, W, 3) or
     (H, W, 4) with dtype uint8, uint16 (divided by 257), bool, or float in [0, 1] (clipped).
+    Files and bytes must be JPEG, PNG, WebP, GIF, BMP or TIFF.
 
     - The EXIF orientation is applied: phones store portraits sideways and a sideways face is
       not found by the detector.
@@ -50,35 +72,25 @@ def load_image(
     - 16-bit images are scaled to 8 bits (not clipped), CMYK / Lab / palette / greyscale are
       converted to RGB, float images are read as [0, 1].
     - Animated files give their first frame; a PIL image is used at the frame it is on.
-    - Images over `max_megapixels` or with a side under `min_side` are refused from the header.
+    - Images over `max_megapixels` or with a side under `min_side` are refused from the header,
+      and so are files larger than such an image can be (`MAX_ENCODED_BYTES_PER_PIXEL`).
+
+    Raises `ImageInputError` (a `ValueError`) for any input it cannot use, and `ValueError` for
+    limits that are not a positive number of megapixels and a whole number of pixels >= 1.
     """
+    _check_limits(max_megapixels, min_side)
+    max_bytes = _max_encoded_bytes(max_megapixels)
     if isinstance(source, np.ndarray):
         return _from_array(source, max_megapixels, min_side)
     if isinstance(source, Image.Image):
         return _from_pil(source, max_megapixels, min_side)
     if isinstance(source, (str, os.PathLike)):
-        path = os.fspath(source)
-        if os.path.isdir(path):
-            raise ImageInputError(f"{os.fsdecode(path)} is a folder, not an image file")
-        if not os.path.exists(path):
-            raise ImageInputError(f"no such file: {os.fsdecode(path)}")
-        if os.path.getsize(path) == 0:
-            raise ImageInputError(f"{os.fsdecode(path)} is empty (0 bytes)")
-        try:
-            stream = open(path, "rb")
-        except OSError as exc:
-            raise ImageInputError(f"cannot open {os.fsdecode(path)}: {exc.strerror or exc}") from exc
-        with stream:
-            return _from_stream(stream, max_megapixels, min_side)
+        return _from_path(os.fspath(source), max_bytes, max_megapixels, min_side)
     if isinstance(source, (bytes, bytearray, memoryview)):
+        _check_encoded_size(memoryview(source).nbytes, max_bytes, max_megapixels)
         data = bytes(source)
     elif hasattr(source, "read"):
-        # Read it all: the compressed bytes are small next to the pixels, and PIL needs to seek,
-        # which pipes and HTTP bodies cannot.
-        data = source.read()
-        if isinstance(data, str):
-            raise ImageInputError("the file object is in text mode; open it with 'rb'")
-        data = bytes(data)
+        data = _read_at_most(source, max_bytes, max_megapixels)
     else:
         raise ImageInputError(
             f"cannot read an image from a {type(source).__name__}; "
@@ -123,6 +135,77 @@ def fit_within(image: np.ndarray, max_side: int = 1280) -> tuple[np.ndarray, flo
     return working, float(scale)
 
 
+def _check_limits(max_megapixels, min_side) -> None:
+    """A NaN or negative limit would let every image through: refuse the call instead."""
+    if isinstance(max_megapixels, bool) or not isinstance(max_megapixels, numbers.Real):
+        raise ValueError(f"max_megapixels must be a number, got {max_megapixels!r}")
+    if not (math.isfinite(max_megapixels) and max_megapixels > 0):
+        raise ValueError(f"max_megapixels must be positive and finite, got {max_megapixels!r}")
+    if isinstance(min_side, bool) or not isinstance(min_side, numbers.Integral) or min_side < 1:
+        raise ValueError(f"min_side must be a whole number of pixels >= 1, got {min_side!r}")
+
+
+def _max_encoded_bytes(max_megapixels: float) -> int:
+    return int(max_megapixels * 1e6 * MAX_ENCODED_BYTES_PER_PIXEL) + METADATA_ALLOWANCE_BYTES
+
+
+def _check_encoded_size(size: int, max_bytes: int, max_megapixels: float) -> None:
+    if size > max_bytes:
+        raise ImageInputError(
+            f"the file is {size / 1e6:.1f} MB; no image within the {max_megapixels:g} MP limit "
+            f"needs more than {max_bytes / 1e6:.1f} MB"
+        )
+
+
+def _from_path(path, max_bytes: int, max_megapixels: float, min_side: int) -> np.ndarray:
+    name = os.fsdecode(path)
+    try:
+        info = os.stat(path)
+    except FileNotFoundError:
+        raise ImageInputError(f"no such file: {name}") from None
+    except (OSError, ValueError) as exc:  # ValueError: a NUL byte in the path
+        raise ImageInputError(f"cannot open {name}: {getattr(exc, 'strerror', None) or exc}") from exc
+    if stat.S_ISDIR(info.st_mode):
+        raise ImageInputError(f"{name} is a folder, not an image file")
+    if not stat.S_ISREG(info.st_mode):
+        # A FIFO or a device would block or never end.
+        raise ImageInputError(f"{name} is not a regular file")
+    if info.st_size == 0:
+        raise ImageInputError(f"{name} is empty (0 bytes)")
+    _check_encoded_size(info.st_size, max_bytes, max_megapixels)
+    try:
+        stream = open(path, "rb")
+    except OSError as exc:
+        raise ImageInputError(f"cannot open {name}: {exc.strerror or exc}") from exc
+    with stream:
+        return _from_stream(stream, max_megapixels, min_side)
+
+
+def _read_at_most(source, max_bytes: int, max_megapixels: float) -> bytes:
+    """Read a file object to its end, but never more than `max_bytes` (a stream may never end).
+
+    Read it all: the compressed bytes are small next to the pixels, and PIL needs to seek, which
+    pipes and HTTP bodies cannot. Chunked, because a raw stream's read(n) may return less than n.
+    """
+    buffer = bytearray()
+    while len(buffer) <= max_bytes:
+        try:
+            chunk = source.read(min(_READ_CHUNK_BYTES, max_bytes + 1 - len(buffer)))
+        except OSError as exc:
+            raise ImageInputError(f"cannot read the file object: {exc}") from exc
+        if isinstance(chunk, str):
+            raise ImageInputError("the file object is in text mode; open it with 'rb'")
+        if not chunk:  # b"" at the end; None from a non-blocking stream with nothing to give
+            return bytes(buffer)
+        if not isinstance(chunk, (bytes, bytearray, memoryview)):
+            raise ImageInputError(f"the file object's read() returned a {type(chunk).__name__}, not bytes")
+        buffer += chunk
+    raise ImageInputError(
+        f"the file object holds more than {max_bytes / 1e6:.1f} MB; "
+        f"no image within the {max_megapixels:g} MP limit needs that much"
+    )
+
+
 def _check_size(width: int, height: int, max_megapixels: float, min_side: int) -> None:
     if width * height > max_megapixels * 1e6:
         # Round up so that a refused image never reads as exactly the limit.
@@ -154,9 +237,9 @@ def _size_checked_by_us():
 def _from_stream(stream, max_megapixels: float, min_side: int) -> np.ndarray:
     try:
         with _size_checked_by_us():
-            image = Image.open(stream)
+            image = Image.open(stream, formats=ACCEPTED_FORMATS)
     except UnidentifiedImageError as exc:
-        raise ImageInputError("not an image, or in a format Pillow cannot read") from exc
+        raise ImageInputError("not an image, or not a JPEG, PNG, WebP, GIF, BMP or TIFF") from exc
     except MemoryError:
         raise
     except Exception as exc:  # hostile headers raise OSError, SyntaxError, struct.error, ...
@@ -169,7 +252,7 @@ def _from_pil(image: Image.Image, max_megapixels: float, min_side: int) -> np.nd
     _check_size(image.width, image.height, max_megapixels, min_side)
     try:
         image.load()
-        upright = ImageOps.exif_transpose(image)
+        upright = _upright(image)
     except MemoryError:
         raise
     except Exception as exc:  # Pillow's decoders and EXIF parser raise many types on bad data
@@ -181,23 +264,37 @@ def _from_pil(image: Image.Image, max_megapixels: float, min_side: int) -> np.nd
     return np.ascontiguousarray(rgb)
 
 
+def _upright(image: Image.Image) -> Image.Image:
+    """Apply the EXIF orientation (Pillow reads an XMP one into the same tag).
+
+    Not `ImageOps.exif_transpose`: that copies every upright image and re-encodes its EXIF, which
+    is a full extra frame of memory and one more parser for damaged metadata to trip.
+    """
+    orientation = image.getexif().get(_EXIF_ORIENTATION)
+    if not isinstance(orientation, int) or orientation not in _UPRIGHT_TRANSPOSE:
+        return image  # absent, 1, or a value no camera writes
+    return image.transpose(_UPRIGHT_TRANSPOSE[orientation])
+
+
 def _to_rgb(image: Image.Image) -> np.ndarray:
     mode = image.mode
     if mode in _WIDE_INTEGER_MODES:
-        values = np.asarray(image).astype(np.int64)
-        return _grey_to_rgb(_uint16_to_uint8(np.clip(values, 0, 65535)))
+        values = np.asarray(image)
+        if values.dtype.itemsize > 2:  # 32-bit "I": out-of-range values clip
+            values = np.clip(values, 0, 65535)
+        return _grey_to_rgb(_uint16_to_uint8(values))
     if mode == "F":
         return _grey_to_rgb(_float_to_uint8(np.asarray(image)))
     if mode == "La":
         image = image.convert("LA")
     if image.mode in _ALPHA_MODES or "transparency" in image.info:
-        return _over_white(np.array(image.convert("RGBA")))
+        return _premultiplied_over_white(np.asarray(image.convert("RGBA").convert("RGBa")))
     if mode == "LAB":
         to_srgb = ImageCms.buildTransform(
             ImageCms.createProfile("LAB"), ImageCms.createProfile("sRGB"), "LAB", "RGB"
         )
         return np.array(ImageCms.applyTransform(image, to_srgb))
-    return np.array(image.convert("RGB"))
+    return np.array(image if mode == "RGB" else image.convert("RGB"))
 
 
 def _from_array(array: np.ndarray, max_megapixels: float, min_side: int) -> np.ndarray:
@@ -209,13 +306,14 @@ def _from_array(array: np.ndarray, max_megapixels: float, min_side: int) -> np.n
         )
     height, width = array.shape[:2]
     _check_size(width, height, max_megapixels, min_side)
-    if array.dtype == np.uint8:
+    kind, itemsize = array.dtype.kind, array.dtype.itemsize  # any byte order
+    if kind == "u" and itemsize == 1:
         pixels = array
-    elif array.dtype == np.uint16:
+    elif kind == "u" and itemsize == 2:
         pixels = _uint16_to_uint8(array)
-    elif array.dtype == np.bool_:
+    elif kind == "b":
         pixels = array.astype(np.uint8) * 255
-    elif np.issubdtype(array.dtype, np.floating):
+    elif kind == "f":
         pixels = _float_to_uint8(array)
     else:
         raise ImageInputError(
@@ -224,26 +322,35 @@ def _from_array(array: np.ndarray, max_megapixels: float, min_side: int) -> np.n
     if pixels.ndim == 2:
         return _grey_to_rgb(pixels)
     if pixels.shape[2] == 4:
-        return _over_white(pixels)
+        rgba = Image.fromarray(np.ascontiguousarray(pixels, dtype=np.uint8))  # (H, W, 4) uint8 opens as RGBA
+        return _premultiplied_over_white(np.asarray(rgba.convert("RGBa")))
     return np.array(pixels, dtype=np.uint8, order="C")
 
 
 def _uint16_to_uint8(values: np.ndarray) -> np.ndarray:
-    return ((values.astype(np.uint32) + 128) // 257).astype(np.uint8)
+    """Round `values / 257` (65535 → 255), in place on one 32-bit copy."""
+    wide = values.astype(np.uint32)
+    wide += 128
+    wide //= 257
+    return wide.astype(np.uint8)
 
 
 def _float_to_uint8(values: np.ndarray) -> np.ndarray:
     if not np.isfinite(values).all():
         raise ImageInputError("the float image contains NaN or infinite values")
-    return np.rint(np.clip(values.astype(np.float32), 0.0, 1.0) * 255.0).astype(np.uint8)
+    scaled = np.clip(values, 0.0, 1.0, dtype=np.float32)
+    scaled *= 255.0
+    return np.rint(scaled, out=scaled).astype(np.uint8)
 
 
 def _grey_to_rgb(grey: np.ndarray) -> np.ndarray:
     return np.repeat(grey[:, :, None], 3, axis=2)
 
 
-def _over_white(rgba: np.ndarray) -> np.ndarray:
-    """Composite straight-alpha RGBA over a white background, rounding to nearest."""
-    colour = rgba[:, :, :3].astype(np.uint32)
-    alpha = rgba[:, :, 3:4].astype(np.uint32)
-    return ((colour * alpha + 255 * (255 - alpha) + 127) // 255).astype(np.uint8)
+def _premultiplied_over_white(rgba_premultiplied: np.ndarray) -> np.ndarray:
+    """Composite over white from Pillow's premultiplied "RGBa": `round(c * a / 255) + 255 - a`.
+
+    That equals rounding `(c * a + 255 * (255 - a)) / 255`, the straight-alpha composite, and stays
+    within uint8 (`round(c * a / 255) <= a`), so it costs one byte per channel, not four.
+    """
+    return rgba_premultiplied[:, :, :3] + (255 - rgba_premultiplied[:, :, 3:4])

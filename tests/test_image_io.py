@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import io
+import os
 import struct
 import time
 import zlib
@@ -55,9 +56,14 @@ def test_path_bytes_stream_and_pil_agree(tmp_path):
     Image.fromarray(pixels).save(path)
     data = path.read_bytes()
 
-    class PipeLike:  # read() only, no seek: what an HTTP body or stdin looks like
-        def read(self):
-            return data
+    class PipeLike:  # read() only, no seek, short reads: what an HTTP body or stdin looks like
+        def __init__(self):
+            self.offset = 0
+
+        def read(self, size=-1):
+            chunk = data[self.offset : self.offset + min(size, 100)]
+            self.offset += len(chunk)
+            return chunk
 
     for source in (str(path), path, data, bytearray(data), io.BytesIO(data), PipeLike(), Image.open(path), pixels):
         result = load_image(source)
@@ -242,6 +248,115 @@ def test_small_images_are_refused():
     with pytest.raises(ImageInputError, match="shorter side"):
         load_image(_png_bytes(Image.new("RGB", (100, 20))))
     assert load_image(np.zeros((32, 32, 3), np.uint8)).shape == (32, 32, 3)
+
+
+def test_limits_that_would_let_everything_through_are_refused():
+    pixels = np.zeros((40, 40, 3), np.uint8)
+    for bad_megapixels in (float("nan"), float("inf"), 0, -1.0, "40", True):
+        with pytest.raises(ValueError, match="max_megapixels"):
+            load_image(pixels, max_megapixels=bad_megapixels)
+    for bad_side in (0, -3, 1.5, None):
+        with pytest.raises(ValueError, match="min_side"):
+            load_image(pixels, min_side=bad_side)
+
+
+def test_zero_size_is_refused_and_one_pixel_wide_is_allowed_when_asked():
+    for empty in (np.zeros((0, 5, 3), np.uint8), Image.new("RGB", (0, 0)), Image.new("L", (7, 0))):
+        with pytest.raises(ImageInputError, match="shorter side must be at least 1 px"):
+            load_image(empty, min_side=1)
+    _assert_rgb(load_image(np.full((1, 9), 7, np.uint8), min_side=1), (1, 9))
+    _assert_rgb(load_image(_png_bytes(Image.new("RGB", (1, 40))), min_side=1), (40, 1))
+
+
+def test_encoded_bytes_are_capped_by_the_pixel_limit(tmp_path):
+    """A stream that never ends is read only up to what an image within the limit can take."""
+
+    class Endless:
+        def __init__(self):
+            self.handed_out = 0
+
+        def read(self, size=-1):
+            assert size > 0  # never "read everything"
+            self.handed_out += size
+            return b"\0" * size
+
+    endless = Endless()
+    with pytest.raises(ImageInputError, match="holds more than 16.8 MB"):
+        load_image(endless, max_megapixels=0.001)
+    assert endless.handed_out <= 16_777_216 + 8_000 + 1
+    big = tmp_path / "big.png"
+    big.write_bytes(_png_bytes(Image.new("RGB", (40, 40))) + bytes(17_000_000))
+    with pytest.raises(ImageInputError, match=r"the file is 17\.0 MB"):
+        load_image(big, max_megapixels=0.001)
+    with pytest.raises(ImageInputError, match=r"the file is 17\.0 MB"):
+        load_image(memoryview(big.read_bytes()), max_megapixels=0.001)
+    assert load_image(big).shape == (40, 40, 3)  # the default limit allows it; trailing bytes are ignored
+
+
+def test_file_objects_that_misbehave():
+    class NoneReader:  # a non-blocking stream with nothing to give yet
+        def read(self, size=-1):
+            return None
+
+    class NumberReader:
+        def read(self, size=-1):
+            return 3
+
+    class FailingReader:
+        def read(self, size=-1):
+            raise OSError("connection reset")
+
+    with pytest.raises(ImageInputError, match="empty"):
+        load_image(NoneReader())
+    with pytest.raises(ImageInputError, match="returned a int, not bytes"):
+        load_image(NumberReader())
+    with pytest.raises(ImageInputError, match="connection reset"):
+        load_image(FailingReader())
+
+
+@pytest.mark.skipif(not hasattr(os, "mkfifo"), reason="needs FIFOs")
+def test_a_fifo_is_refused_without_blocking(tmp_path):
+    fifo = tmp_path / "photo.jpg"
+    os.mkfifo(fifo)
+    with pytest.raises(ImageInputError, match="not a regular file"):
+        load_image(fifo)  # opening it would wait forever for a writer
+
+
+@pytest.mark.parametrize("image_format", ["ICO", "TGA", "PPM", "PCX", "SGI", "DDS"])
+def test_formats_a_photo_does_not_need_are_refused(image_format):
+    buffer = io.BytesIO()
+    Image.new("RGB", (40, 40), "red").save(buffer, format=image_format)
+    assert Image.open(io.BytesIO(buffer.getvalue())).format == image_format  # Pillow would read it
+    with pytest.raises(ImageInputError, match="not a JPEG, PNG, WebP, GIF, BMP or TIFF"):
+        load_image(buffer.getvalue())
+
+
+@pytest.mark.parametrize("image_format", ["JPEG", "PNG", "WEBP", "GIF", "BMP", "TIFF", "MPO"])
+def test_accepted_formats(image_format):
+    buffer = io.BytesIO()
+    Image.new("RGB", (40, 40), (250, 0, 0)).save(buffer, format=image_format)
+    red = load_image(buffer.getvalue())[20, 20].astype(int)
+    assert red[0] > 230 and red[1] < 25 and red[2] < 25
+
+
+def test_alpha_composite_is_exact_for_every_colour_and_alpha():
+    colour, alpha = np.meshgrid(np.arange(256), np.arange(256), indexing="ij")
+    rgba = np.stack([colour, colour, 255 - colour, alpha], axis=-1).astype(np.uint8)
+    expected_red = (colour * alpha + 255 * (255 - alpha) + 127) // 255  # straight alpha over white, rounded
+    expected_blue = ((255 - colour) * alpha + 255 * (255 - alpha) + 127) // 255
+
+    for source in (rgba, _png_bytes(Image.fromarray(rgba))):
+        result = load_image(source).astype(int)
+        np.testing.assert_array_equal(result[..., 0], expected_red)
+        np.testing.assert_array_equal(result[..., 1], expected_red)
+        np.testing.assert_array_equal(result[..., 2], expected_blue)
+
+
+def test_big_endian_and_little_endian_uint16_arrays_agree():
+    ramp = np.tile(np.linspace(0, 65535, 64).astype(np.uint16)[None], (40, 1))
+    expected = load_image(ramp)
+    np.testing.assert_array_equal(load_image(ramp.astype(">u2")), expected)
+    np.testing.assert_array_equal(expected[0, -1], 255)
 
 
 # ---- broken input gives our error, never Pillow's -----------------------------------------------
