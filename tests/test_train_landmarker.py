@@ -74,3 +74,28 @@ def test_eval_latency_times_the_whole_predict_with_its_refinements():
     figures = latency_ms(model, repeats=3)
     assert set(figures) == {"fp32", "bf16"} and min(figures.values()) > 0
     assert len(calls) == 3 * (3 + 5) * 2  # three forwards a face, (repeats + warm-up) calls, fp32 and bf16
+
+
+def test_face_mix_indexes_sets_of_different_photo_sizes_and_their_glasses(example_records):
+    from eyeglass3d.training.train_landmarker import FaceMix
+
+    first, second = [example_records[0]] * 2, [example_records[1]]  # two photo sizes
+    glasses = [np.stack([[np.full_like(r.image, 10 * (k + 1)) for k in range(2)] for r in part]) for part in (first, second)]
+    mix = FaceMix([(first, glasses[0]), (second, glasses[1][:, :1])])
+    assert len(mix) == len(first) + 1 and mix.shape == (len(first) + 1, 1)  # the fewest copies of any set
+    assert mix[len(first)].image is second[0].image
+    assert mix[1].image is first[1].image and mix[2].image.shape != mix[0].image.shape
+    assert mix[len(first), 0].max() == 10 and mix[0, 1].max() == 20
+    images, targets, worn = make_batch(mix, mix, [0, len(first)], 64, np.random.default_rng(0), train=True,
+                                       glasses_probability=1.0, downscale_probability=1.0)
+    assert images.shape == (2, 3, 64, 64) and worn.all()
+
+
+def test_downscale_keeps_the_size_and_removes_fine_detail():
+    from eyeglass3d.training.augment import downscale
+
+    stripes = np.zeros((64, 64, 3), np.uint8)
+    stripes[:, ::2] = 255  # a one-pixel pattern: gone after shrinking to 30-80 % and back
+    soft = downscale(stripes, np.random.default_rng(1))
+    assert soft.shape == stripes.shape and soft.dtype == np.uint8
+    assert np.abs(np.diff(soft.astype(int), axis=1)).mean() < 0.5 * np.abs(np.diff(stripes.astype(int), axis=1)).mean()

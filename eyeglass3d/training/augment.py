@@ -52,3 +52,11 @@ def photometric(image: np.ndarray, rng: np.random.Generator) -> np.ndarray:
         ok, encoded = cv2.imencode(".jpg", out, [cv2.IMWRITE_JPEG_QUALITY, int(rng.integers(25, 90))])
         out = cv2.imdecode(encoded, cv2.IMREAD_UNCHANGED)
     return out
+
+
+def downscale(image: np.ndarray, rng: np.random.Generator, smallest: float = 0.3) -> np.ndarray:
+    """Shrink and re-enlarge: the soft look of a small face (LFW's are ~100 px) at the crop's size."""
+    height, width = image.shape[:2]
+    factor = rng.uniform(smallest, 0.8)
+    small = cv2.resize(image, (max(8, round(width * factor)), max(8, round(height * factor))), interpolation=cv2.INTER_AREA)
+    return cv2.resize(small, (width, height), interpolation=cv2.INTER_LINEAR)

@@ -1,10 +1,12 @@
 """Train the 68-point landmark network to see through eyeglasses.
 
-Inputs are real UTKFace faces wearing synthetic glasses (or none); targets are dlib's labels of the
-*clean* face, so the network learns where the eyes are behind any frame or dark lens. The crop is the
-pipeline's own canonical crop, with the five points jittered like a detector would.
+Inputs are real faces (UTKFace, LFW train people, CelebAMask train: `--sets`) wearing synthetic
+glasses (or none); targets are dlib's labels of the *clean* face, so the network learns where the eyes
+are behind any frame or dark lens. The crop is the pipeline's own canonical crop, with the five points
+jittered like a detector would, and the photo degraded like small, soft web photos are.
 
     python -m eyeglass3d.training.train_landmarker --out runs/landmarker [--epochs 28] [--resume]
+        [--sets utkface,lfw,celebamask] [--init weights_card/landmarker]
 
 Resumable (runs/<name>/last/ holds model, optimiser, schedule, epoch), tqdm progress, log in
 runs/<name>/train.log; the best validation checkpoint is saved with `save_pretrained` in
@@ -28,13 +30,49 @@ from eyeglass3d.evaluation.metrics import normalised_mean_error
 from eyeglass3d.geometry.alignment import crop_matrix, transform_points, warp_crop
 from eyeglass3d.models.landmarker import LandmarkRegressor
 from eyeglass3d.paths import REPO_ROOT
-from eyeglass3d.training.augment import flip_points, jitter_points, photometric
+from eyeglass3d.training.augment import downscale, flip_points, jitter_points, photometric
 from eyeglass3d.training.checkpoint import restore_training_state, save_training_state
 from eyeglass3d.training.datasets import FaceRecords
+from eyeglass3d.training.face_sets import FACE_SETS
 from eyeglass3d.training.glasses_cache import glasses_copies
 from eyeglass3d.training.run_dir import export_fp16, start_run
 
-def make_batch(records, versions, indices, size, rng, *, train: bool, glasses_probability: float, jitter: float = 0.5):
+
+class FaceMix:
+    """Several face sets as one indexable set, with their glasses copies (photo sizes differ by set)."""
+
+    def __init__(self, parts: list[tuple[FaceRecords, np.ndarray]]):
+        self.parts = parts
+        self.offsets = np.cumsum([0] + [len(records) for records, _ in parts])
+        self.shape = (int(self.offsets[-1]), min(versions.shape[1] for _, versions in parts))
+
+    def _locate(self, index: int) -> tuple[int, int]:
+        part = int(np.searchsorted(self.offsets, index, side="right")) - 1
+        return part, index - int(self.offsets[part])
+
+    def __len__(self) -> int:
+        return self.shape[0]
+
+    def __getitem__(self, index):
+        """A record, or with (index, copy) the glasses copy's image, like a (N, copies, H, W, 3) array."""
+        if isinstance(index, tuple):
+            part, local = self._locate(int(index[0]))
+            return self.parts[part][1][local, index[1]]
+        part, local = self._locate(int(index))
+        return self.parts[part][0][local]
+
+
+def load_mix(sets: list[str], split: str, copies: int, seed: int, cache_dir: Path, log) -> FaceMix:
+    parts = []
+    for name in sets:
+        records = FaceRecords(split, face_set=name, glasses_csv=None)
+        parts.append((records, glasses_copies(records, copies, seed, cache_dir, log).images))
+        log.info("%s %s: %d faces", name, split, len(records))
+    return FaceMix(parts)
+
+
+def make_batch(records, versions, indices, size, rng, *, train: bool, glasses_probability: float, jitter: float = 0.5,
+               downscale_probability: float = 0.0):
     """Crops (B,3,S,S) float and targets (B,68,2) unit crop coordinates, plus which inputs wear glasses."""
     images, targets, worn = [], [], []
     for index in indices:
@@ -51,6 +89,8 @@ def make_batch(records, versions, indices, size, rng, *, train: bool, glasses_pr
         matrix = crop_matrix(points5, size)
         crop = warp_crop(np.ascontiguousarray(image), matrix, size)
         if train:
+            if rng.random() < downscale_probability:
+                crop = downscale(crop, rng)
             crop = photometric(crop, rng)
         images.append(crop)
         targets.append(transform_points(matrix, landmarks) / size)
@@ -88,7 +128,8 @@ def evaluate(model, records, versions, size, batch_size=128) -> dict[str, float]
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--out", type=Path, default=REPO_ROOT / "runs" / "landmarker")
-    parser.add_argument("--labels", type=Path, default=REPO_ROOT / "cache" / "utkface_labels.npz")
+    parser.add_argument("--sets", default="utkface", help=f"comma-separated face sets of {sorted(FACE_SETS)}")
+    parser.add_argument("--init", type=Path, help="start from these weights (a save_pretrained folder)")
     parser.add_argument("--input-size", type=int, default=112)
     parser.add_argument("--variant", default="small", choices=["large", "small"])
     parser.add_argument("--width-mult", type=float, default=1.0)
@@ -100,6 +141,8 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--glasses-probability", type=float, default=0.6)
     parser.add_argument("--jitter", type=float, default=0.5, help="detector-noise strength (1 = 7 deg, 6 %% scale, 5 %% shift)")
     parser.add_argument("--glasses-copies", type=int, default=2)
+    parser.add_argument("--downscale-probability", type=float, default=0.0,
+                        help="share of training crops shrunk and re-enlarged (small, soft faces of web photos)")
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--bf16", action="store_true",
                         help="bf16 autocast; measured 2x slower than fp32 for MobileNetV3 training on this CPU")
@@ -115,23 +158,28 @@ def main(argv: list[str] | None = None) -> None:
         export_fp16(LandmarkRegressor, args.out, args.export, log, refinements=args.refinements)
         return
 
-    train = FaceRecords("train", labels_path=args.labels, glasses_csv=None)
-    val = FaceRecords("val", labels_path=args.labels, glasses_csv=None)
+    sets = args.sets.split(",")
     cache_dir = REPO_ROOT / "cache"
     cache_dir.mkdir(exist_ok=True)
-    train_versions = glasses_copies(train, args.glasses_copies, args.seed, cache_dir, log).images
-    val_versions = glasses_copies(val, 1, args.seed + 1, cache_dir, log).images
-    log.info("train %d faces, val %d faces", len(train), len(val))
+    train_versions = load_mix(sets, "train", args.glasses_copies, args.seed, cache_dir, log)
+    val_sets = {name: load_mix([name], "val", 1, args.seed + 1, cache_dir, log) for name in sets}
+    train = train_versions
+    log.info("train %d faces, val %s faces", len(train), {name: len(mix) for name, mix in val_sets.items()})
 
-    model = LandmarkRegressor(input_size=args.input_size, variant=args.variant, width_mult=args.width_mult, head=args.head,
-                              refinements=args.refinements)
+    if args.init:
+        model = LandmarkRegressor.from_pretrained(args.init).float()
+        log.info("initialised from %s", args.init)
+    else:
+        model = LandmarkRegressor(input_size=args.input_size, variant=args.variant, width_mult=args.width_mult,
+                                  head=args.head, refinements=args.refinements)
+        with torch.no_grad():  # start from the data's own mean shape in the canonical crop
+            rng = np.random.default_rng(args.seed)
+            sample = rng.permutation(len(train))[:2048]
+            _, targets, _ = make_batch(train, None, sample, args.input_size, rng, train=False, glasses_probability=0)
+            model.mean_landmarks.copy_(targets.mean(0))
     for module in model.modules():  # torchvision's 0.01 suits fine-tuning; from scratch the running stats lag
         if isinstance(module, torch.nn.BatchNorm2d):
             module.momentum = 0.1
-    with torch.no_grad():  # start from the data's own mean shape in the canonical crop
-        rng = np.random.default_rng(args.seed)
-        _, targets, _ = make_batch(train, None, range(min(len(train), 2048)), args.input_size, rng, train=False, glasses_probability=0)
-        model.mean_landmarks.copy_(targets.mean(0))
     model = model.to(memory_format=torch.channels_last).train()
     optimizer = torch.optim.AdamW(model.parameters(), lr=args.lr, weight_decay=1e-4)
     steps_per_epoch = max(1, len(train) // args.batch_size)
@@ -151,7 +199,8 @@ def main(argv: list[str] | None = None) -> None:
         for step in bar:
             indices = order[step * args.batch_size:(step + 1) * args.batch_size]
             images, targets, _ = make_batch(train, train_versions, indices, args.input_size, rng, train=True,
-                                            glasses_probability=args.glasses_probability, jitter=args.jitter)
+                                            glasses_probability=args.glasses_probability, jitter=args.jitter,
+                                            downscale_probability=args.downscale_probability)
             with torch.autocast("cpu", dtype=torch.bfloat16, enabled=args.bf16):
                 predicted = model(images)
             loss = landmark_loss(predicted.float(), targets, args.loss)
@@ -162,10 +211,13 @@ def main(argv: list[str] | None = None) -> None:
             schedule.step()
             running.append(loss.item())
             bar.set_postfix(loss=f"{np.mean(running[-50:]):.5f}")
-        metrics = evaluate(model, val, val_versions, args.input_size)
-        metrics.update(epoch=epoch + 1, loss=float(np.mean(running)), seconds=round(time.time() - started, 1))
+        metrics = {}
+        for name, mix in val_sets.items():
+            metrics.update({f"{name}_{key}": value for key, value in evaluate(model, mix, mix, args.input_size).items()})
+        # Each set weighs the same, however many faces it has: the wild photos count as much as UTKFace.
+        score = float(np.mean([metrics[f"{name}_nme_glasses"] + metrics[f"{name}_nme_clean"] for name in val_sets]))
+        metrics.update(epoch=epoch + 1, loss=float(np.mean(running)), seconds=round(time.time() - started, 1), score=score)
         state["history"].append(metrics)
-        score = metrics["nme_glasses"] + metrics["nme_clean"]
         if score < state["best"]:
             state["best"] = score
             model.save_pretrained(args.out / "best", safe_serialization=True)
