@@ -39,10 +39,18 @@ def public_path(path: str | Path) -> str:
     return "<outside the repo>/" + path.name
 
 
+def public_arg(arg: str) -> str:
+    """A command-line argument with its absolute path, if any (also in NAME=PATH), made public."""
+    name, equals, value = arg.rpartition("=")
+    if equals and value.startswith("/"):
+        return f"{name}={public_path(value)}"
+    return public_path(arg) if arg.startswith("/") else arg
+
+
 def command_line(module: str, argv: list[str] | None) -> str:
     """The command that reproduces the report, with machine paths made public."""
     argv = sys.argv[1:] if argv is None else argv
-    public = [public_path(arg) if arg.startswith("/") else arg for arg in argv]
+    public = [public_arg(arg) for arg in argv]
     return shlex.join(["python", "-m", module, *public])
 
 
