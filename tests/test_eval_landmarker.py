@@ -59,6 +59,29 @@ def test_read_pts_turns_one_based_points_to_zero_based(tmp_path):
     np.testing.assert_allclose(points[:, 1], np.arange(68) + 10.0)
 
 
+def test_set_changes_a_config_value_predict_reads_and_rejects_unknown_keys():
+    from eyeglass3d.evaluation.overrides import apply_overrides, parse_overrides
+    from eyeglass3d.models.landmarker import LandmarkRegressor
+
+    overrides = parse_overrides(["landmarker.refinements=1", "regressor.test_time_shift=0.0", "x.name=text"])
+    assert overrides == {"landmarker": {"refinements": 1}, "regressor": {"test_time_shift": 0.0},
+                         "x": {"name": "text"}}
+    model = LandmarkRegressor(input_size=32, variant="small", width_mult=0.35).eval()
+    calls = []
+    model.register_forward_hook(lambda *args: calls.append(1))
+    apply_overrides({"landmarker": model}, parse_overrides(["landmarker.refinements=1"]))
+    assert model.config.refinements == 1
+    image = np.random.default_rng(0).integers(0, 256, (64, 64, 3), dtype=np.uint8)
+    from eyeglass3d.geometry.alignment import CANONICAL_FIVE_POINTS
+
+    model.predict(image, CANONICAL_FIVE_POINTS * 64)
+    assert len(calls) == 2  # the first crop and one refinement
+    with pytest.raises(SystemExit, match="no config key"):
+        apply_overrides({"landmarker": model}, parse_overrides(["landmarker.nonsense=1"]))
+    with pytest.raises(SystemExit, match="component.key=value"):
+        parse_overrides(["refinements=1"])
+
+
 class _KnownTeacher:
     """dlib's stand-in: the exact label of each clean photo it was given, and a miss on any other image."""
 

@@ -12,7 +12,8 @@ scores NME 0.5 (`metrics.MISSED_NME`; found faces are capped there too) and is a
 mean over the faces it did find; dlib gets no fallback box. dlib's clean score is ~0 by construction (it is the
 teacher) and its glasses score says how much glasses move it. `glasses` is the mean over lens kinds weighted as
 the compositor draws them (`LENS_WEIGHTS`). A sanity line scores both on the four human-annotated photos of
-`landmarks68/` (`.pts`, 1-based). Latency: the whole `predict` (crop + forward), median over the clean faces.
+`landmarks68/` (`.pts`, 1-based). Latency: the whole `predict` (crop + forward), median over the clean faces. `--set landmarker.refinements=1` is
+the A/B on val that decides that setting.
 """
 
 from __future__ import annotations
@@ -26,6 +27,7 @@ import torch
 from tqdm import tqdm
 
 from eyeglass3d.evaluation.metrics import MISSED_NME, nme_or_miss
+from eyeglass3d.evaluation.overrides import apply_overrides, parse_overrides
 from eyeglass3d.evaluation.report import SPLITS, default_json, write_report
 from eyeglass3d.evaluation.timing import forward_ms
 from eyeglass3d.geometry.alignment import CANONICAL_FIVE_POINTS
@@ -164,6 +166,8 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--latency-repeats", type=int, default=100)
     parser.add_argument("--annotated", type=Path, default=data_root() / "landmarks68")
+    parser.add_argument("--set", nargs="*", default=[], metavar="landmarker.KEY=VALUE",
+                        help="a config value changed for an A/B on val (the report goes to runs/ unless --json)")
     parser.add_argument("--json", type=Path, default=None)
     args = parser.parse_args(argv)
     torch.set_num_threads(args.threads)
@@ -177,6 +181,7 @@ def main(argv: list[str] | None = None) -> dict:
     lens_kinds = tuple(args.lens_kinds) if args.lens_kinds is not None else LENS_KINDS
     detector = MTCNNDetector.from_pretrained(args.weights / "detector").float().eval()
     landmarker = LandmarkRegressor.from_pretrained(args.weights / "landmarker").float().eval()
+    apply_overrides({"landmarker": landmarker}, parse_overrides(args.set))
     teacher = DlibTeacher(with_descriptor=False)
     labels = parse_labels(args.labels)
 
@@ -195,9 +200,10 @@ def main(argv: list[str] | None = None) -> dict:
                                      "note": "whole predict (crop + forward) on the clean faces our detector found"}
     report["missed_rule"] = f"a face a system's detector misses scores NME {MISSED_NME}; found faces capped there"
     report["lens_kinds"] = list(lens_kinds)
+    report["overrides"] = parse_overrides(args.set)
     report["landmarker"] = {key: landmarker.config[key]
                             for key in ("input_size", "variant", "width_mult", "refinements")}
-    full = not args.limit and set(args.face_sets) == set(FACE_SET_NAMES) and set(lens_kinds) == set(LENS_KINDS)
+    full = not args.limit and not args.set and set(args.face_sets) == set(FACE_SET_NAMES) and set(lens_kinds) == set(LENS_KINDS)
     json_path = args.json or default_json("landmarker", args.split, full)
     return write_report(report, json_path, module="eyeglass3d.evaluation.eval_landmarker", argv=argv)
 

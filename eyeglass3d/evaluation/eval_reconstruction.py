@@ -38,6 +38,7 @@ from tqdm import tqdm
 
 from eyeglass3d.errors import FaceNotFoundError
 from eyeglass3d.evaluation.metrics import MISSED_NME, nme_or_miss
+from eyeglass3d.evaluation.overrides import apply_overrides, parse_overrides
 from eyeglass3d.evaluation.report import SPLITS, default_json, public_path, write_report
 from eyeglass3d.geometry import alignment
 from eyeglass3d.paths import default_weights
@@ -162,6 +163,9 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--limit", type=int, default=0, help="first N glasses-free faces (0: all; writes to runs/)")
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--resnet-repeats", type=int, default=20)
+    parser.add_argument("--set", nargs="*", default=[], metavar="COMPONENT.KEY=VALUE",
+                        help="a config value changed for an A/B on val, e.g. regressor.test_time_shift=0 "
+                             "(the report goes to runs/ unless --json)")
     parser.add_argument("--json", type=Path, default=None)
     args = parser.parse_args(argv)
     torch.set_num_threads(args.threads)
@@ -173,6 +177,8 @@ def main(argv: list[str] | None = None) -> dict:
 
     pipe = Eyeglass3DPipeline.from_pretrained(args.weights)
     face_model = pipe.face_model
+    apply_overrides({name: getattr(pipe, name) for name in ("landmarker", "regressor", "parser", "inpainter")
+                     if getattr(pipe, name, None) is not None}, parse_overrides(args.set))
     records = FaceRecords(args.split, face_set="utkface", labels_path=args.labels, glasses="without")
     count = min(len(records), args.limit) if args.limit else len(records)
     compositor = GlassesCompositor(seed=EVAL_SEED)
@@ -265,8 +271,9 @@ def main(argv: list[str] | None = None) -> dict:
                     "the pipeline's bf16 rule ('policy'), in the same process",
         },
         "threads": args.threads,
+        "overrides": parse_overrides(args.set),
     }
-    json_path = args.json or default_json("reconstruction", args.split, full=not args.limit)
+    json_path = args.json or default_json("reconstruction", args.split, full=not (args.limit or args.set))
     return write_report(report, json_path, module="eyeglass3d.evaluation.eval_reconstruction", argv=argv)
 
 
