@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import io
 import json
+import shutil
 import signal
 import struct
 import subprocess
@@ -18,6 +19,7 @@ import textwrap
 import zlib
 from contextlib import contextmanager, nullcontext
 from datetime import timedelta
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -436,6 +438,103 @@ def test_arrays_of_any_shape_and_dtype(array):
         assert result is None
     else:
         np.testing.assert_array_equal(result, expected)
+
+
+# ---- boundary 3: share-link ids ------------------------------------------------------------------
+
+ID_ALPHABET = "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-_"
+# What a forger reaches for: separators, encodings, NUL, whitespace, and look-alikes that
+# case-fold or normalise to ASCII (fullwidth A, Kelvin sign, long s, dotless i, Arabic-Indic 3).
+FORGER_CHARACTERS = "./\\%:~ \t\n\r\x00" + "\uff21\u212a\u017f\u0131\u0663" + "\u202e\u200b"
+
+
+@pytest.fixture(scope="module")
+def stores(tmp_path_factory):
+    """Two stores with three results each: an id must open its own result, in its own store only."""
+    root = tmp_path_factory.mktemp("share")
+    made = {}
+    for name in ("mine", "other"):
+        store = ResultStore(root / name)
+        made[name] = (store, [store.save(images={"a.png": np.full((4, 4), index, np.uint8)}, metadata={"index": index})
+                              for index in range(3)])
+    return made
+
+
+def _constant(value):
+    return lambda real: value
+
+
+# Each forgery is a function of a real id (this store's or the other's), so that the strategy is built once.
+FORGERIES = st.one_of(
+    st.text(max_size=64).map(_constant),
+    st.text(alphabet=ID_ALPHABET + FORGER_CHARACTERS, min_size=20, max_size=24).map(_constant),
+    st.builds(lambda length, start: _constant((ID_ALPHABET * 2000)[start : start + length]),  # over-long
+              st.integers(23, 100_000), st.integers(0, 63)),
+    st.builds(lambda prefix, suffix: lambda real: prefix + real + suffix,
+              st.sampled_from(["", "../", "..\\", "/", "./", "%2e%2e%2f", "../../", " ", "\u202e"]),
+              st.sampled_from(["", "/", "/manifest.json", "/a.png", "/..", "\n", "\x00", " ", "#", "?x=1"])),
+    st.builds(lambda at, char: lambda real: real[:at] + char + real[at + 1 :],
+              st.integers(0, 21), st.sampled_from(ID_ALPHABET)),
+    st.sampled_from([str.swapcase, str.upper, lambda real: real * 2, str.encode, lambda real: [real], Path]),
+    st.one_of(st.none(), st.integers(), st.floats(), st.binary(max_size=30)).map(_constant),
+)
+
+
+@settings(FUZZ, max_examples=2000)
+@given(forge=FORGERIES, which=st.integers(0, 5))
+def test_forged_ids_are_not_found(stores, forge, which):
+    store, real_ids = stores["mine"]
+    forged = forge((real_ids + stores["other"][1])[which])
+    with case_time_limit():
+        if isinstance(forged, str) and forged in real_ids:  # a changed character can land on a real id
+            assert store.load(forged).metadata["index"] == real_ids.index(forged)
+            return
+        with pytest.raises(ResultNotFound):
+            store.load(forged)
+
+
+def test_an_id_opens_exactly_its_own_result(stores):
+    for owner, other in (("mine", "other"), ("other", "mine")):
+        store, ids = stores[owner]
+        for index, result_id in enumerate(ids):
+            result = store.load(result_id)
+            assert result.result_id == result_id and result.metadata == {"index": index}
+            assert all(path.parent == store.root / result_id for path in result.files.values())
+            with pytest.raises(ResultNotFound):
+                stores[other][0].load(result_id)
+
+
+@st.composite
+def garbled_manifests(draw, original: bytes) -> bytes:
+    data = bytearray(original)
+    for _ in range(draw(st.integers(1, 3))):
+        at = draw(st.integers(0, len(data)))
+        damage = draw(st.sampled_from(["truncate", "overwrite", "insert"]))
+        if damage == "truncate":
+            del data[at:]
+        elif damage == "overwrite":
+            data[at : at + 3] = draw(st.binary(min_size=1, max_size=3))
+        else:
+            data[at:at] = draw(st.sampled_from([b"NaN", b"-1", b"1e999", b"null", b'"../x.png"', b"[", b"}", b"\xff"]))
+    return bytes(data)
+
+
+@settings(FUZZ, max_examples=300)
+@given(data=st.data())
+def test_garbled_manifests_read_as_not_found_or_as_a_sound_result(stores, data):
+    store, ids = stores["mine"]
+    original = (store.root / ids[0] / MANIFEST_NAME).read_bytes()
+    copy_id = "G" * 22  # a well-formed id of its own
+    copy = store.root / copy_id
+    shutil.rmtree(copy, ignore_errors=True)
+    shutil.copytree(store.root / ids[0], copy)
+    (copy / MANIFEST_NAME).write_bytes(data.draw(garbled_manifests(original), label="manifest"))
+    try:
+        result = store.load(copy_id)
+    except ResultNotFound:
+        return
+    for path in result.files.values():  # whatever survived the garbling names sound files in the folder
+        assert path.parent == copy and path.is_file() and not path.is_symlink()
 
 
 PEAK_RSS_SCRIPT = """
