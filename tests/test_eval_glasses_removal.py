@@ -105,6 +105,7 @@ def test_main_runs_with_tiny_random_components(tmp_path):
         ])
         assert json.loads((tmp_path / "report.json").read_text()) == json.loads(json.dumps(report))
         assert report["split"] == "test" and report["n"] == {"without_glasses": 2, "with_glasses": 2}
+        assert str(tmp_path) not in json.dumps(report)  # machine paths never reach a report
         masks = report["synthetic_glasses_mask"]
         assert masks["n"] == 2 and masks["iou"]["n"] == 2  # misses stay in the count, as failures
         assert masks["iou"]["missed"] == masks["missed_faces"] < 2

@@ -337,7 +337,7 @@ def main(argv: list[str] | None = None) -> dict:
         } if inpainter is not None else "skipped: no inpainter",
     }
     report["grid"] = {
-        "path": str(args.grid) if triplets else None,
+        "path": public_path(args.grid) if triplets else None,
         "faces": len(triplets),
         "columns": "photo | grown parser mask (red) | "
                    + ("inpainter" if inpainter is not None else "OpenCV Telea (no inpainter)"),
