@@ -172,7 +172,7 @@ class ResultStore:
         return StoredResult(result_id, manifest.created, files, manifest.metadata)
 
     def usage_bytes(self) -> int:
-        return sum(manifest.size for _, manifest in self._results())
+        return sum(manifest.size for _, manifest in self._results() if isinstance(manifest, _Manifest))
 
     def evict(self) -> list[str]:
         """Delete damaged and expired results, then the oldest until the store fits `max_bytes`;
@@ -180,12 +180,16 @@ class ResultStore:
         now = time.time()
         with self._lock, self._lock_between_processes():
             self._remove_stale_staging(now)
-            results, deleted = [], []
-            for result_id, manifest in self._results(delete_damaged=deleted):
-                results.append((manifest.created, result_id, manifest.size))
-            results.sort()
-            total = sum(size for _, _, size in results)
-            for created, result_id, size in results:
+            sound, deleted = [], []
+            for result_id, manifest in self._results():
+                if isinstance(manifest, DamagedResult):
+                    logger.warning("evicting damaged shared result %s: %s", result_id, manifest)
+                    _remove(self.root / result_id)
+                    deleted.append(result_id)
+                else:
+                    sound.append((manifest.created, result_id, manifest.size))
+            total = sum(size for _, _, size in sound)
+            for created, result_id, size in sorted(sound):
                 if now - created <= self.max_age_s and total <= self.max_bytes:
                     continue
                 shutil.rmtree(self.root / result_id, ignore_errors=True)
@@ -193,8 +197,8 @@ class ResultStore:
                 deleted.append(result_id)
             return deleted
 
-    def _results(self, delete_damaged: list[str] | None = None) -> Iterator[tuple[str, _Manifest]]:
-        """(id, manifest) of every sound result; damaged ones are skipped, or deleted and listed."""
+    def _results(self) -> Iterator[tuple[str, _Manifest | DamagedResult]]:
+        """Every result folder's id with its manifest, or with what is wrong with it."""
         for entry in _scan(self.root):
             if not self.is_valid_id(entry.name):
                 continue
@@ -203,11 +207,7 @@ class ResultStore:
             except FileNotFoundError:
                 continue  # deleted meanwhile by another process's eviction
             except DamagedResult as damage:
-                if delete_damaged is None:
-                    continue
-                logger.warning("evicting damaged shared result %s: %s", entry.name, damage)
-                _remove(Path(entry.path))
-                delete_damaged.append(entry.name)
+                yield entry.name, damage
 
     def _remove_stale_staging(self, now: float) -> None:
         for entry in _scan(self.root):
@@ -280,6 +280,8 @@ def _parse_manifest(data: bytes) -> _Manifest:
             raise DamagedResult(str(error)) from None
         if file_size is not None and not _is_count(file_size):
             raise DamagedResult(f"{name}: the size in the manifest is not a byte count")
+    if None not in files.values() and size != sum(files.values()):  # eviction counts on `size`
+        raise DamagedResult(f"the manifest's total of {size} bytes is not the sum of its files")
     return _Manifest(float(created), size, files, metadata)
 
 

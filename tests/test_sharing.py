@@ -256,6 +256,7 @@ DAMAGE = {
         _manifest_path(store, rid).read_text().replace('"created": ', '"created": NaN, "was": ')
     ),
     "manifest too large": lambda store, rid, outside: _edit_manifest(store, rid, metadata={"pad": "x" * 2_000_000}),
+    "manifest understates the size": lambda store, rid, outside: _edit_manifest(store, rid, bytes=1),
     "manifest names a folder above": lambda store, rid, outside: _edit_manifest(
         store, rid, files={"../../secret.png": 1}
     ),
@@ -318,10 +319,10 @@ def test_links_in_the_store_are_removed_never_followed(tmp_path):
     store = ResultStore(tmp_path / "store", max_age_s=60)
     outside = tmp_path / "outside"
     _outside_result(outside)
-    _edit_manifest_at = outside / "manifest.json"
-    manifest = json.loads(_edit_manifest_at.read_text())
+    outside_manifest = outside / "manifest.json"
+    manifest = json.loads(outside_manifest.read_text())
     manifest["created"] -= 3600  # expired, so eviction would delete it if it followed the link
-    _edit_manifest_at.write_text(json.dumps(manifest))
+    outside_manifest.write_text(json.dumps(manifest))
     linked_id = new_result_id()
     (store.root / linked_id).symlink_to(outside, target_is_directory=True)
     (store.root / ".staging-link").symlink_to(outside, target_is_directory=True)
@@ -345,11 +346,10 @@ def test_manifests_written_before_sizes_were_recorded_still_load(tmp_path):
 # ---- atomic saves, concurrency ------------------------------------------------------------------
 
 
+@pytest.mark.skipif(not hasattr(os, "fork"), reason="needs fork")
 def test_a_save_that_dies_half_way_leaves_nothing_visible_and_is_cleaned(tmp_path):
     store = ResultStore(tmp_path / "store")
     blob = _write(tmp_path / "blob.glb", bytes(1000))
-    if not hasattr(os, "fork"):
-        pytest.skip("needs fork")
     child = os.fork()
     if child == 0:  # the process dies (no exception, no cleanup) while its files are half written
         sharing._save_image = lambda image, path: os._exit(3)
