@@ -213,3 +213,33 @@ def test_face_cut_by_the_border_keeps_its_points(shipped):
     (face,) = shipped.detect(np.ascontiguousarray(image))
     eyes_in_crop = np.array(FACE_PHOTOS["grace_hopper.jpg"][1]) - (200, 150)
     assert np.linalg.norm(face.points[:2] - eyes_in_crop, axis=1).max() < 10
+
+
+def test_retry_runs_only_when_the_first_pass_finds_nothing_and_maps_back_from_the_padded_photo(tiny_path, monkeypatch):
+    detector = MTCNNDetector.from_pretrained(tiny_path, retry_thresholds=[0.5, 0.4, 0.4], retry_pad=0.25).eval()
+    seen = []
+    box, points = torch.tensor([[30.0, 30.0, 70.0, 70.0]]), torch.full((1, 5, 2), 50.0)
+
+    def cascade(image, thresholds):
+        seen.append((image.shape, thresholds))
+        if len(seen) == 1:
+            return box[:0], torch.zeros(0), points[:0]
+        return box, torch.tensor([0.9]), points
+
+    monkeypatch.setattr(detector, "_cascade", cascade)
+    (face,) = detector.detect(np.zeros((80, 60, 3), np.uint8))
+    assert seen == [((80, 60, 3), (0.6, 0.7, 0.7)), ((120, 100, 3), (0.5, 0.4, 0.4))]  # pad 20 = 0.25 x 80
+    np.testing.assert_allclose(face.box, [10, 10, 50, 50])
+    np.testing.assert_allclose(face.points, 30.0)
+    seen.clear()
+    assert detector.detect(np.zeros((80, 60, 3), np.uint8), thresholds=(0.6, 0.7, 0.7)) == []
+    assert len(seen) == 1  # explicit cuts: one pass, no retry
+
+
+@pytest.mark.integration
+def test_shipped_retry_changes_nothing_where_the_first_pass_finds_the_face(shipped):
+    for name in sorted(FACE_PHOTOS):
+        image = load_example(name)
+        (first,) = shipped.detect(image, thresholds=tuple(shipped.config.thresholds))
+        (face,) = shipped.detect(image)
+        np.testing.assert_array_equal(face.box, first.box)

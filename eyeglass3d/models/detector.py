@@ -218,7 +218,11 @@ def _area_resample(
 class MTCNNDetector(ModelMixin, ConfigMixin):
     """Three-stage cascaded face detector with five facial points.
 
-    `thresholds` are the face-probability cuts of P/R/O-Net; `nms_thresholds` the overlaps above which a
+    `thresholds` are the face-probability cuts of P/R/O-Net. Where they find no face at all, one more
+    pass runs with `retry_thresholds` (if set) on the photo with a replicated border of `retry_pad` of
+    its longer side: dark and mirrored lenses take the eyes out of a face, so R-/O-Net score it just
+    under the usual cuts, and a tight crop (a cropped selfie, UTKFace) leaves no room around the face
+    for the pyramid's windows. `nms_thresholds` the overlaps above which a
     lower-scored box is dropped after the pyramid, after R-Net and after O-Net ("min" overlap there);
     `pyramid_nms_threshold` is the first cut, inside each pyramid level. The smallest face searched is
     `min_face_size` pixels or `min_face_fraction` of the image's short side, whichever is larger: the finest
@@ -238,6 +242,8 @@ class MTCNNDetector(ModelMixin, ConfigMixin):
         scale_factor: float = 0.709,
         pyramid_nms_threshold: float = 0.5,
         nms_thresholds: tuple[float, ...] = (0.7, 0.7, 0.7),
+        retry_thresholds: tuple[float, ...] | None = None,
+        retry_pad: float = 0.0,
     ):
         super().__init__()
         self.pnet = PNet(tuple(pnet_channels))
@@ -256,21 +262,23 @@ class MTCNNDetector(ModelMixin, ConfigMixin):
         return scales
 
     @torch.no_grad()
-    def detect(self, image: np.ndarray) -> list[FaceDetection]:
+    def detect(self, image: np.ndarray, thresholds: tuple[float, ...] | None = None) -> list[FaceDetection]:
         """Finds faces in an HxWx3 uint8 RGB image; largest box first, [] when there is none.
 
-        Always computes in float32: fp16 weights are upcast once, in place (CPU half convolutions are slow).
+        With `thresholds` given, one pass with those cuts and no retry (for evaluations). Always computes
+        in float32: fp16 weights are upcast once, in place (CPU half convolutions are slow).
         """
         image = np.asarray(image)
         if image.ndim != 3 or image.shape[2] != 3 or image.dtype != np.uint8 or image.size == 0:
             raise ImageInputError(f"detect() needs an HxWx3 uint8 RGB array, got {image.dtype} {image.shape}")
         if self.dtype != torch.float32:
             self.float()
-        # (H+1, W+1, 3) running sums, exact in float64, from which every resampling below is read
-        integral = torch.from_numpy(cv2.integral(np.ascontiguousarray(image), sdepth=cv2.CV_64F)).to(self.device)
-        boxes = self._propose(integral)
-        boxes, scores = self._refine(integral, boxes)
-        boxes, scores, points = self._output(integral, boxes)
+        boxes, scores, points = self._cascade(image, tuple(thresholds or self.config.thresholds))
+        if not len(boxes) and thresholds is None and self.config.retry_thresholds:
+            pad = int(round(self.config.retry_pad * max(image.shape[:2])))
+            padded = cv2.copyMakeBorder(image, pad, pad, pad, pad, cv2.BORDER_REPLICATE) if pad else image
+            boxes, scores, points = self._cascade(padded, tuple(self.config.retry_thresholds))
+            boxes, points = boxes - pad, points - pad
         detections = [
             FaceDetection(box=b.numpy().astype(np.float32), score=float(s), points=p.numpy().astype(np.float32))
             for b, s, p in zip(boxes.cpu(), scores.cpu(), points.cpu())
@@ -278,7 +286,15 @@ class MTCNNDetector(ModelMixin, ConfigMixin):
         detections.sort(key=lambda d: -float((d.box[2] - d.box[0]) * (d.box[3] - d.box[1])))
         return detections
 
-    def _propose(self, integral: torch.Tensor) -> torch.Tensor:
+    def _cascade(self, image: np.ndarray, thresholds: tuple[float, ...]):
+        """P-, R- and O-Net with the given cuts: boxes (N,4), scores (N,), points (N,5,2)."""
+        # (H+1, W+1, 3) running sums, exact in float64, from which every resampling below is read
+        integral = torch.from_numpy(cv2.integral(np.ascontiguousarray(image), sdepth=cv2.CV_64F)).to(self.device)
+        boxes = self._propose(integral, thresholds[0])
+        boxes, scores = self._refine(integral, boxes, thresholds[1])
+        return self._output(integral, boxes, thresholds[2])
+
+    def _propose(self, integral: torch.Tensor, threshold: float) -> torch.Tensor:
         """Stage 1: P-Net over the image pyramid; returns square candidate boxes (N,4)."""
         height, width = integral.shape[0] - 1, integral.shape[1] - 1
         whole = [integral.new_tensor([edge], dtype=torch.long) for edge in (0, 0, width, height)]
@@ -286,7 +302,7 @@ class MTCNNDetector(ModelMixin, ConfigMixin):
         for scale in self.pyramid_scales(height, width):
             level = _area_resample(integral, *whole, int(height * scale + 1), int(width * scale + 1))
             offsets, probability = self.pnet(_normalize(level))
-            face = probability[0] >= self.config.thresholds[0]
+            face = probability[0] >= threshold
             if not face.any():
                 continue
             cells = face.nonzero().flip(1).float()  # (x, y) of each window on the level
@@ -322,26 +338,28 @@ class MTCNNDetector(ModelMixin, ConfigMixin):
         crops = _area_resample(integral, left[valid], top[valid], right[valid], bottom[valid], size, size)
         return _normalize(crops), valid
 
-    def _refine(self, integral: torch.Tensor, boxes: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    def _refine(self, integral: torch.Tensor, boxes: torch.Tensor, threshold: float) -> tuple[torch.Tensor, torch.Tensor]:
         """Stage 2: R-Net on 24x24 crops; returns square boxes (N,4) and their scores."""
         crops, valid = self._crops(integral, boxes, _RNET_SIZE)
         boxes = boxes[valid]
         if len(boxes) == 0:
             return boxes, boxes.new_zeros(0)
         offsets, probability = self.rnet(crops)
-        face = probability > self.config.thresholds[1]
+        face = probability > threshold
         boxes, offsets, scores = boxes[face], offsets[face], probability[face]
         keep = nms(boxes, scores, self.config.nms_thresholds[1])
         return _square(_regress(boxes[keep], offsets[keep])), scores[keep]
 
-    def _output(self, integral: torch.Tensor, boxes: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    def _output(
+        self, integral: torch.Tensor, boxes: torch.Tensor, threshold: float
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """Stage 3: O-Net on 48x48 crops; returns final boxes (N,4), scores (N,) and points (N,5,2)."""
         crops, valid = self._crops(integral, boxes, _ONET_SIZE)
         boxes = boxes[valid]
         if len(boxes) == 0:
             return boxes, boxes.new_zeros(0), boxes.new_zeros(0, 5, 2)
         offsets, points, probability = self.onet(crops)
-        face = probability > self.config.thresholds[2]
+        face = probability > threshold
         boxes, offsets, points, scores = boxes[face], offsets[face], points[face], probability[face]
         size = boxes[:, 2:4] - boxes[:, 0:2] + 1
         points = torch.stack([points[:, :5], points[:, 5:]], dim=2) * size[:, None] + boxes[:, None, 0:2] - 1

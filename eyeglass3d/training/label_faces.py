@@ -34,6 +34,7 @@ from PIL import Image
 
 from eyeglass3d.training.datasets import five_points_from_landmarks68
 from eyeglass3d.training.face_sets import FACE_SETS, face_set
+from eyeglass3d.training.splits import split_of_files
 
 FIELDS = {  # name: (shape, dtype, fill when missing)
     "dlib_detected": ((), bool, False),
@@ -263,6 +264,8 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--set", default="utkface", choices=sorted(FACE_SETS), help="which face set to label")
     parser.add_argument("--out", type=Path, default=None, help="label cache (default: cache/<set>_labels.npz)")
     parser.add_argument("--limit", type=int, default=None, help="label only the first N files (sorted by name)")
+    parser.add_argument("--splits", default="train,val,test",
+                        help="label only the files of these splits (the held-out ones first, when time is short)")
     parser.add_argument("--detector", default=None, help="our MTCNN weights folder, e.g. weights_card/detector")
     parser.add_argument("--workers", type=int, default=1, choices=(1, 2))
     parser.add_argument("--max-disagreement", type=float, default=MAX_DISAGREEMENT)
@@ -281,7 +284,9 @@ def main(argv: list[str] | None = None) -> None:
         arrays = merge(args.out.with_name(args.out.stem + ".chunks"), args.out, args.max_disagreement)
         LOG.info("merged %d files; quality counts %s", len(arrays["files"]), np.bincount(arrays["quality"], minlength=3))
         return
-    run(faces.images_dir, faces.files(), args.out, limit=args.limit, detector=args.detector, workers=args.workers,
+    wanted = set(args.splits.split(","))
+    files = [f for f, split in zip(faces.files(), split_of_files(faces.files(), faces.split_csv)) if split in wanted]
+    run(faces.images_dir, files, args.out, limit=args.limit, detector=args.detector, workers=args.workers,
         max_disagreement=args.max_disagreement, whole_image_fallback=args.set in WHOLE_IMAGE_FALLBACK)
 
 
