@@ -10,9 +10,11 @@ from __future__ import annotations
 import json
 import os
 import time
+from dataclasses import dataclass, field
 from importlib import import_module
 from pathlib import Path
 
+import cv2
 import numpy as np
 import PIL.Image
 import torch
@@ -27,6 +29,7 @@ from .image_io import fit_within, load_image
 from .inpaint_classical import classical_inpaint
 from .mesh import build_mesh
 from .models.face_model import COEFFICIENT_SIZES
+from .models.precision import unet_autocast
 from .outputs import ReconstructionOutput
 from .render.texture import atlas_uv, unwrap_texture
 
@@ -153,44 +156,105 @@ class Eyeglass3DPipeline(DiffusionPipeline):
     def reconstruct(
         self,
         image,
-        glasses_mask: np.ndarray | None = None,
+        glasses_mask=None,
         remove_glasses: bool = True,
         all_faces: bool = False,
         on_stage=None,
+        errors: str = "raise",
     ):
         """Reconstruct the largest face (or every face with `all_faces=True`, giving a list).
 
-        image: PIL image, HxWx3 uint8 RGB array, path or bytes; a list gives a list of results.
-        glasses_mask: (H, W) bool in input pixels, overriding the parser (e.g. painted by hand).
+        image: PIL image, HxWx3 uint8 RGB array, path or bytes. A list (or tuple) of them gives a list of
+            results in the same order; the networks then run on the crops of all its faces stacked together.
+        glasses_mask: (H, W) bool in input pixels, overriding the parser (e.g. painted by hand); (H, W, C)
+            is read from its alpha (C = 2 or 4) or its brightest channel. With a list of images: one array
+            for all, or a list with one mask (or None) per image.
         remove_glasses: False keeps the photo as is (no deletion, no inpainting).
         on_stage: called with each stage's name ("detect", "landmarks", "parse", "inpaint", "regress",
-            "mesh") as it starts, so a UI can show real progress.
+            "mesh") as it starts, once per call, so a UI can show real progress.
+        errors: what a list does with a bad image (unreadable, no face, a mask that does not fit): "raise"
+            (default) raises that image's error before any network runs, its type kept, "image <i>: " before
+            its message and `error.index = i`; "return" puts the error (message as is, `error.index` set) in the
+            image's place and reconstructs the others. A single image always raises.
         """
-        if isinstance(image, (list, tuple)):
-            return [self.reconstruct(item, glasses_mask, remove_glasses, all_faces, on_stage) for item in image]
+        batch = isinstance(image, (list, tuple))
+        if errors not in ("raise", "return"):
+            raise ValueError(f"errors must be 'raise' or 'return', got {errors!r}")
+        remove_glasses = _flag("remove_glasses", remove_glasses)
+        all_faces = _flag("all_faces", all_faces)
+        images = list(image) if batch else [image]
+        masks = _masks_per_image(glasses_mask, len(images), batch)
         report = on_stage or (lambda stage: None)
-        timings: dict[str, float] = {}
+
         report("detect")
+        faces: list[_Face] = []
+        failures: dict[int, ValueError] = {}
+        for index, (item, mask) in enumerate(zip(images, masks)):
+            try:
+                faces += self._find_faces(index, item, mask, remove_glasses, all_faces)
+            except ValueError as error:
+                if not batch:
+                    raise
+                error.index = index
+                if errors == "raise":
+                    error.args = (f"image {index}: {error}", *error.args[1:])
+                    raise
+                failures[index] = error
+
+        for name, stage in (
+            ("landmarks", self._landmark_stage),
+            ("parse", self._parse_stage),
+            ("inpaint", self._inpaint_stage),
+            ("regress", self._regress_stage),
+            ("mesh", self._mesh_stage),
+        ):
+            report(name)
+            clock = time.perf_counter()
+            if faces:
+                stage(faces)
+            share = (time.perf_counter() - clock) * 1e3 / max(len(faces), 1)
+            for face in faces:
+                face.timings[name] = share
+
+        per_image: dict[int, list[ReconstructionOutput]] = {}
+        for face in faces:
+            per_image.setdefault(face.image_index, []).append(face.output())
+        results = [
+            failures[index] if index in failures else per_image[index] if all_faces else per_image[index][0]
+            for index in range(len(images))
+        ]
+        return results if batch else results[0]
+
+    # ------------------------------------------------------------------ stages
+    def _find_faces(self, index, image, glasses_mask, remove_glasses, all_faces) -> list[_Face]:
+        """Load one image and detect its faces (largest first): the only stage that runs image by image."""
         clock = time.perf_counter()
         rgb = load_image(image)
         user_mask = self._check_mask(glasses_mask, rgb.shape[:2])
         detections = self._detect(rgb)
-        timings["detect"] = (time.perf_counter() - clock) * 1e3
         if not detections:
             raise FaceNotFoundError("No face found in the image. Use a photo where one face is clearly visible.")
-        chosen = detections if all_faces else detections[:1]
-        results = [
-            self._reconstruct_face(rgb, detection, user_mask, remove_glasses, dict(timings), report)
-            for detection in chosen
+        detect_ms = (time.perf_counter() - clock) * 1e3
+        return [
+            _Face(index, rgb, detection, user_mask, remove_glasses, {"detect": detect_ms})
+            for detection in (detections if all_faces else detections[:1])
         ]
-        return results if all_faces else results[0]
 
-    # ------------------------------------------------------------------ stages
     @staticmethod
     def _check_mask(glasses_mask, shape) -> np.ndarray | None:
+        """A bool (H, W) mask from what a caller may paint: bool, 0/255, 0..1 floats, one to four channels."""
         if glasses_mask is None:
             return None
-        mask = np.asarray(glasses_mask)
+        try:
+            mask = np.asarray(glasses_mask)
+        except (TypeError, ValueError) as error:
+            raise ValueError(f"glasses_mask cannot be read as an array: {error}") from error
+        if mask.dtype.kind not in "biuf":
+            raise ValueError(f"glasses_mask has dtype {mask.dtype}; use bool, integers or floats")
+        if mask.dtype.kind == "f" and not np.isfinite(mask).all():
+            raise ValueError("glasses_mask contains NaN or infinite values")
+        if not (mask.ndim == 2 or (mask.ndim == 3 and 1 <= mask.shape[-1] <= 4)):
+            raise ValueError(f"glasses_mask must be (H, W) or (H, W, 1..4 channels), got shape {mask.shape}")
         if mask.ndim == 3:
             mask = mask[..., -1] if mask.shape[-1] in (2, 4) else mask.max(-1)
         if mask.shape != tuple(shape):
@@ -205,96 +269,163 @@ class Eyeglass3DPipeline(DiffusionPipeline):
             detection.points = (detection.points * scale).astype(np.float32)
         return detections
 
-    def _reconstruct_face(self, rgb, detection, user_mask, remove_glasses, timings, report) -> ReconstructionOutput:
-        height, width = rgb.shape[:2]
-        stages: dict[str, str] = {"detector": "network"}
-        points5 = detection.points.astype(np.float64)
+    def _landmark_stage(self, faces: list[_Face]) -> None:
+        """68 landmarks per face, every face's crop in one forward (and one more per refinement: see
+        `LandmarkRegressor.predict`, whose crops these are)."""
+        size = self.landmarker.config.input_size
+        points5 = [face.points5 for face in faces]
+        for _ in range(1 + self.landmarker.config.refinements):
+            matrices = [alignment.crop_matrix(points, size) for points in points5]
+            crops = _stack([alignment.warp_crop(face.rgb, matrix, size) for face, matrix in zip(faces, matrices)])
+            unit = self.landmarker.folded_forward(crops).float().numpy()
+            landmarks = [
+                alignment.transform_points(alignment.invert_affine(matrix), points * size)
+                for matrix, points in zip(matrices, unit)
+            ]
+            points5 = [alignment.five_points_from_landmarks(points) for points in landmarks]
+        for face, points in zip(faces, landmarks):
+            face.landmarks = points
+            face.stages["landmarker"] = "network"
 
-        report("landmarks")
-        clock = time.perf_counter()
-        landmarks_px = self.landmarker.predict(rgb, points5)
-        stages["landmarker"] = "network"
-        timings["landmarks"] = (time.perf_counter() - clock) * 1e3
-
-        report("parse")
-        clock = time.perf_counter()
-        parsing, predicted_mask, stages["parser"] = self._parse(rgb, points5, landmarks_px)
-        if user_mask is not None:
-            glasses_mask = user_mask
-            stages["parser"] += " (glasses mask given by the caller)"
-        else:
-            glasses_mask = predicted_mask
-        parsing[glasses_mask] = PARSING_LABELS.index("eyeglasses")
-        timings["parse"] = (time.perf_counter() - clock) * 1e3
-
-        report("inpaint")
-        clock = time.perf_counter()
-        if remove_glasses and glasses_mask.any():
-            inpainted, stages["inpainter"] = self._inpaint(rgb, points5, landmarks_px, glasses_mask)
-        else:
-            inpainted, stages["inpainter"] = rgb, "skipped"
-        timings["inpaint"] = (time.perf_counter() - clock) * 1e3
-
-        report("regress")
-        clock = time.perf_counter()
-        # The shape must not follow the detector's eye points, which glasses move by ~5 % of the eye distance:
-        # the regressor's and the texture's crops come from the landmarks' five points. (The parser and the
-        # inpainter map their answers back to the photo, and were trained on the detector's crops.)
-        shape_points5 = alignment.five_points_from_landmarks(landmarks_px)
-        coefficients, stages["regressor"] = self._regress(inpainted, shape_points5, landmarks_px)
-        timings["regress"] = (time.perf_counter() - clock) * 1e3
-
-        report("mesh")
-        clock = time.perf_counter()
-        mesh = self._textured_mesh(inpainted, shape_points5, coefficients)
-        timings["mesh"] = (time.perf_counter() - clock) * 1e3
-
-        return ReconstructionOutput(
-            face_box=detection.box.astype(np.float32),
-            score=float(detection.score),
-            landmarks=landmarks_px.astype(np.float32),
-            parsing=parsing,
-            parsing_labels=list(PARSING_LABELS),
-            glasses_mask=glasses_mask,
-            inpainted=PIL.Image.fromarray(inpainted),
-            coefficients={name: value[0].cpu().numpy() for name, value in coefficients.items()},
-            mesh=mesh,
-            image=PIL.Image.fromarray(rgb),
-            stages=stages,
-            timings_ms={name: round(value, 1) for name, value in timings.items()},
-            points5=shape_points5.astype(np.float32),
-        )
-
-    def _parse(self, rgb, points5, landmarks_px):
-        """Class map in input pixels: the parser inside its band, landmark-drawn parts elsewhere."""
-        height, width = rgb.shape[:2]
-        parsing = parsing_from_landmarks(landmarks_px, height, width)
+    def _parse_stage(self, faces: list[_Face]) -> None:
+        """Class map in input pixels (the parser inside its band, landmark-drawn parts elsewhere) and the glasses
+        mask: the caller's, else the parser's grown to cover the frames' edges."""
+        for face in faces:
+            height, width = face.rgb.shape[:2]
+            face.parsing = parsing_from_landmarks(face.landmarks, height, width)
         if self.parser is None:
-            return parsing, np.zeros((height, width), bool), "landmark-drawn parts; no glasses parser shipped"
-        region_labels = self.parser.predict(rgb, points5)
+            predicted = [np.zeros(face.rgb.shape[:2], bool) for face in faces]
+            how = "landmark-drawn parts; no glasses parser shipped"
+        else:
+            predicted, how = self._parser_masks(faces), "network"
+        eyeglasses = PARSING_LABELS.index("eyeglasses")
+        for face, mask in zip(faces, predicted):
+            face.stages["parser"] = how
+            if face.user_mask is not None:
+                mask = face.user_mask
+                face.stages["parser"] += " (glasses mask given by the caller)"
+            face.glasses_mask = mask
+            face.parsing[mask] = eyeglasses
+
+    def _parser_masks(self, faces: list[_Face]) -> list[np.ndarray]:
+        """The parser on every face's eye band in one forward (`FaceParser.predict`, batched); writes its labels
+        into each face's parsing and returns the grown glasses masks."""
+        parser = self.parser
+        size_hw = tuple(parser.config.input_size)
+        matrices = [alignment.region_matrix(face.points5, tuple(parser.config.crop_box), size_hw) for face in faces]
+        bands = _stack([alignment.warp_crop(face.rgb, matrix, size_hw) for face, matrix in zip(faces, matrices)])
+        with unet_autocast(parser.device):
+            band_labels = parser(bands.to(parser.dtype)).argmax(1).to(torch.uint8).numpy()
         # Map the parser's own label names onto the pipeline's label list.
         lookup = np.full(256, 255, np.uint8)
-        lookup[: len(self.parser.config.labels)] = [PARSING_LABELS.index(name) for name in self.parser.config.labels]
-        back = lookup[region_labels]
-        inside = back != 255
-        parsing[inside] = back[inside]
-        glasses = parsing == PARSING_LABELS.index("eyeglasses")
-        return parsing, grow_glasses_mask(glasses, landmarks_px), "network"
+        lookup[: len(parser.config.labels)] = [PARSING_LABELS.index(name) for name in parser.config.labels]
+        masks = []
+        for face, matrix, labels in zip(faces, matrices, band_labels):
+            height, width = face.rgb.shape[:2]
+            region = cv2.warpAffine(
+                labels, alignment.invert_affine(matrix), (width, height), flags=cv2.INTER_NEAREST, borderValue=255
+            )
+            back = lookup[region]
+            inside = back != 255
+            face.parsing[inside] = back[inside]
+            glasses = face.parsing == PARSING_LABELS.index("eyeglasses")
+            masks.append(grow_glasses_mask(glasses, face.landmarks))
+        return masks
 
-    def _inpaint(self, rgb, points5, landmarks_px, glasses_mask):
+    def _inpaint_stage(self, faces: list[_Face]) -> None:
+        """Glasses deleted and filled where a mask was found (and removal asked for); other faces pass through."""
+        todo = [face for face in faces if face.remove_glasses and face.glasses_mask.any()]
+        for face in faces:
+            face.inpainted, face.stages["inpainter"] = face.rgb, "skipped"
+        if not todo:
+            return
         if self.inpainter is None:
-            return classical_inpaint(rgb, glasses_mask, "telea"), "OpenCV Telea (no inpainting network shipped)"
-        out, handled = self.inpainter.predict(rgb, points5, landmarks_px, glasses_mask)
-        outside = glasses_mask & ~handled
-        if outside.any():  # a hand-painted mask may reach past the network's band
-            out = classical_inpaint(out, outside, "telea")
-        return out, "network"
+            for face in todo:
+                face.inpainted = classical_inpaint(face.rgb, face.glasses_mask, "telea")
+                face.stages["inpainter"] = "OpenCV Telea (no inpainting network shipped)"
+            return
+        for face, (filled, handled) in zip(todo, self._inpainter_fill(todo)):
+            outside = face.glasses_mask & ~handled
+            if outside.any():  # a hand-painted mask may reach past the network's band
+                filled = classical_inpaint(filled, outside, "telea")
+            face.inpainted, face.stages["inpainter"] = filled, "network"
 
-    def _regress(self, rgb, points5, landmarks_px):
-        """3DMM coefficients in the canonical crop's camera; projection scales with the crop size, so the
-        pose means the same at every resolution (see FaceModel.project)."""
-        if self.regressor is not None:
-            return self.regressor.predict(rgb, points5), "network"
+    def _inpainter_fill(self, faces: list[_Face]) -> list[tuple[np.ndarray, np.ndarray]]:
+        """The inpainter on every face's eye band in one forward (`InpaintGenerator.predict`, batched):
+        (filled image, the part of the mask it filled) per face."""
+        inpainter = self.inpainter
+        size_hw = tuple(inpainter.config.input_size)
+        matrices = [alignment.region_matrix(face.points5, tuple(inpainter.config.crop_box), size_hw) for face in faces]
+        bands = _stack([alignment.warp_crop(face.rgb, matrix, size_hw) for face, matrix in zip(faces, matrices)])
+        band_masks = np.stack([
+            alignment.warp_crop(face.glasses_mask.astype(np.uint8) * 255, matrix, size_hw) > 0
+            for face, matrix in zip(faces, matrices)
+        ])
+        landmarks_band = np.stack([
+            alignment.transform_points(matrix, face.landmarks) / np.array(size_hw[::-1])
+            for face, matrix in zip(faces, matrices)
+        ])
+        guidance = inpainter.landmark_heatmaps(
+            torch.from_numpy(landmarks_band).float(), size_hw[0], size_hw[1],
+            inpainter.config.guidance_sigma, inpainter.config.guidance_channels,
+        )
+        mask_tensor = torch.from_numpy(band_masks)[:, None].float()
+        dtype = inpainter.dtype
+        with unet_autocast(inpainter.device):
+            filled = inpainter.inpaint(bands.to(dtype), mask_tensor.to(dtype), guidance.to(dtype))
+        filled = (filled.float().clamp(0, 1).permute(0, 2, 3, 1).numpy() * 255 + 0.5).astype(np.uint8)
+        out = []
+        for face, matrix, band in zip(faces, matrices, filled):
+            height, width = face.rgb.shape[:2]
+            inverse = alignment.invert_affine(matrix)
+            back = cv2.warpAffine(band, inverse, (width, height), flags=cv2.INTER_LINEAR, borderMode=cv2.BORDER_REPLICATE)
+            region = cv2.warpAffine(np.ones(size_hw, np.uint8), inverse, (width, height), flags=cv2.INTER_NEAREST) > 0
+            handled = face.glasses_mask & region
+            image = face.rgb.copy()
+            image[handled] = back[handled]
+            out.append((image, handled))
+        return out
+
+    def _regress_stage(self, faces: list[_Face]) -> None:
+        """3DMM coefficients in the canonical crop's camera, from crops cut from the landmarks' five points.
+
+        The shape must not follow the detector's eye points, which glasses move by ~5 % of the eye distance: the
+        regressor's and the texture's crops come from the landmarks. (The parser and the inpainter map their
+        answers back to the photo, and were trained on the detector's crops.)"""
+        for face in faces:
+            face.shape_points5 = alignment.five_points_from_landmarks(face.landmarks)
+        if self.regressor is None:
+            for face in faces:
+                face.coefficients, face.stages["regressor"] = self._fit(face.inpainted, face.shape_points5, face.landmarks)
+            return
+        for face, coefficients in zip(faces, self._regressor_coefficients(faces)):
+            face.coefficients, face.stages["regressor"] = coefficients, "network"
+
+    def _regressor_coefficients(self, faces: list[_Face]) -> list[dict[str, torch.Tensor]]:
+        """The regressor on every face's crop and its shifted copies in one forward (`CoefficientRegressor.predict`,
+        batched): all but the pose averaged over the shifts, the pose the centre crop's."""
+        regressor = self.regressor
+        size, shift = regressor.config.input_size, regressor.config.test_time_shift * regressor.config.input_size
+        moves = [(0.0, 0.0)] + ([(shift, 0.0), (-shift, 0.0), (0.0, shift), (0.0, -shift)] if shift > 0 else [])
+        crops = []
+        for face in faces:
+            matrix = alignment.crop_matrix(face.shape_points5, size)
+            crops += [
+                alignment.warp_crop(face.inpainted, matrix + np.array([[0.0, 0.0, dx], [0.0, 0.0, dy]]), size)
+                for dx, dy in moves
+            ]
+        outputs = regressor.folded_forward(_stack(crops)).float().view(len(faces), len(moves), -1)
+        coefficients = []
+        for per_face in outputs:
+            named = regressor.split(per_face.mean(0, keepdim=True))
+            if "pose" in named:
+                named["pose"] = regressor.split(per_face[:1])["pose"]
+            coefficients.append(named)
+        return coefficients
+
+    def _fit(self, rgb, points5, landmarks_px):
+        """Coefficients fitted to the landmarks while no regressor is shipped; projection scales with the crop
+        size, so the pose means the same at every resolution (see FaceModel.project)."""
         matrix = alignment.crop_matrix(points5, FIT_CROP_SIZE)
         stage = "fitted to the 68 landmarks (no regressor network shipped)"
         with torch.inference_mode(False), torch.enable_grad():
@@ -313,6 +444,10 @@ class Eyeglass3DPipeline(DiffusionPipeline):
             for name, size in COEFFICIENT_SIZES.items()
         }
         return coefficients, stage
+
+    def _mesh_stage(self, faces: list[_Face]) -> None:
+        for face in faces:
+            face.mesh = self._textured_mesh(face.inpainted, face.shape_points5, face.coefficients)
 
     def _textured_mesh(self, rgb, points5, coefficients):
         """Mesh in model space (metres), textured from the photo where visible, albedo × light elsewhere."""
@@ -343,3 +478,71 @@ class Eyeglass3DPipeline(DiffusionPipeline):
             model.uv_triangles.numpy(),
             texture,
         )
+
+
+@dataclass
+class _Face:
+    """One face on its way through the stages; each stage fills its fields in for every face of a call at once."""
+
+    image_index: int
+    rgb: np.ndarray
+    detection: object
+    user_mask: np.ndarray | None
+    remove_glasses: bool
+    timings: dict[str, float]
+    stages: dict[str, str] = field(default_factory=lambda: {"detector": "network"})
+    landmarks: np.ndarray | None = None
+    parsing: np.ndarray | None = None
+    glasses_mask: np.ndarray | None = None
+    inpainted: np.ndarray | None = None
+    shape_points5: np.ndarray | None = None
+    coefficients: dict[str, torch.Tensor] | None = None
+    mesh: object = None
+
+    @property
+    def points5(self) -> np.ndarray:
+        """The detector's five points: the landmarker's, the parser's and the inpainter's crops are cut from them."""
+        return self.detection.points.astype(np.float64)
+
+    def output(self) -> ReconstructionOutput:
+        return ReconstructionOutput(
+            face_box=self.detection.box.astype(np.float32),
+            score=float(self.detection.score),
+            landmarks=self.landmarks.astype(np.float32),
+            parsing=self.parsing,
+            parsing_labels=list(PARSING_LABELS),
+            glasses_mask=self.glasses_mask,
+            inpainted=PIL.Image.fromarray(self.inpainted),
+            coefficients={name: value[0].cpu().numpy() for name, value in self.coefficients.items()},
+            mesh=self.mesh,
+            image=PIL.Image.fromarray(self.rgb),
+            stages=self.stages,
+            timings_ms={name: round(value, 1) for name, value in self.timings.items()},
+            points5=self.shape_points5.astype(np.float32),
+        )
+
+
+def _stack(crops: list[np.ndarray]) -> torch.Tensor:
+    """HxWx3 uint8 crops -> (B, 3, H, W) float in [0, 1], the networks' input, contiguous: a channels-last batch
+    would take other kernels than the models' one-crop `predict` and answer a few ulps apart."""
+    return torch.from_numpy(np.stack(crops)).permute(0, 3, 1, 2).float().div(255).contiguous()
+
+
+def _flag(name: str, value) -> bool:
+    """True/False (or 1/0): a string such as "no" would otherwise pass as true."""
+    if isinstance(value, (bool, np.bool_)) or (isinstance(value, int) and value in (0, 1)):
+        return bool(value)
+    raise ValueError(f"{name} must be True or False, got {value!r}")
+
+
+def _masks_per_image(glasses_mask, count: int, batch: bool) -> list:
+    """One glasses_mask entry per image: a list of images takes a list with one mask (or None) each, or one
+    array for all of them."""
+    if batch and isinstance(glasses_mask, (list, tuple)):
+        if len(glasses_mask) != count:
+            raise ValueError(
+                f"glasses_mask is a list of {len(glasses_mask)} masks for {count} images: give one per image "
+                "(None where the parser decides), or one array for all"
+            )
+        return list(glasses_mask)
+    return [glasses_mask] * count

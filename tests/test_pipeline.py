@@ -205,3 +205,114 @@ def test_stages_are_reported_in_order(tiny_pipeline, photo):
     seen = []
     tiny_pipeline.reconstruct(photo, on_stage=seen.append)
     assert seen == ["detect", "landmarks", "parse", "inpaint", "regress", "mesh"]
+
+
+@pytest.fixture
+def fp32_unets(monkeypatch):
+    """The parser and inpainter in fp32, as on CPUs without native bf16: under bf16 a landmark moved by one float
+    ulp (the landmarker's kernels differ between one crop and several) can flip a rounding in the inpainter."""
+    from eyeglass3d.models import precision
+
+    monkeypatch.setattr(precision, "native_bf16", lambda: False)
+
+
+def test_a_batch_gives_what_one_by_one_gives(tiny_pipeline, photo, fp32_unets):
+    photos = [photo, EXAMPLES / "astronaut.jpg", np.ascontiguousarray(photo[:, ::-1]), photo[::2, ::2].copy()]
+    mask = np.zeros(photo.shape[:2], bool)
+    mask[230:260, 200:320] = True
+    masks = [mask, None, None, None]  # one hand-painted mask, the parser for the others
+
+    together = tiny_pipeline.reconstruct(photos, glasses_mask=masks)
+    alone = [tiny_pipeline.reconstruct(item, glasses_mask=item_mask) for item, item_mask in zip(photos, masks)]
+
+    for a, b in zip(together, alone):
+        np.testing.assert_allclose(a.landmarks, b.landmarks, atol=1e-4)
+        np.testing.assert_array_equal(a.glasses_mask, b.glasses_mask)
+        np.testing.assert_array_equal(a.parsing, b.parsing)
+        np.testing.assert_allclose(np.asarray(a.inpainted, float), np.asarray(b.inpainted, float), atol=1)
+        for name in a.coefficients:
+            np.testing.assert_allclose(a.coefficients[name], b.coefficients[name], atol=1e-4)
+        np.testing.assert_allclose(a.mesh.vertices, b.mesh.vertices, atol=1e-4)
+        assert a.stages == b.stages
+    assert np.array_equal(together[0].glasses_mask, mask) and not np.array_equal(together[1].glasses_mask, mask)
+
+
+def test_one_face_is_what_each_network_predicts(tiny_pipeline, photo, output):
+    """The stacked stages cut the crops that the models' own `predict` (used by the evaluations) cuts."""
+    from eyeglass3d.geometry.alignment import five_points_from_landmarks
+
+    rgb = np.asarray(output.image)
+    detector_points = tiny_pipeline._detect(rgb)[0].points.astype(np.float64)
+    np.testing.assert_array_equal(output.landmarks, tiny_pipeline.landmarker.predict(rgb, detector_points).astype(np.float32))
+    regressed = tiny_pipeline.regressor.predict(np.asarray(output.inpainted), five_points_from_landmarks(output.landmarks.astype(np.float64)))
+    for name, value in regressed.items():
+        np.testing.assert_allclose(output.coefficients[name], value[0].numpy(), atol=1e-4)
+    mask = np.zeros(photo.shape[:2], bool)
+    mask[230:260, 200:320] = True
+    filled, handled = tiny_pipeline.inpainter.predict(photo, detector_points, output.landmarks.astype(np.float64), mask)
+    assert handled.sum() > 100
+    inpainted = np.asarray(tiny_pipeline.reconstruct(photo, glasses_mask=mask).inpainted)
+    np.testing.assert_array_equal(inpainted[handled], filled[handled])  # (Telea fills the rest, past the band)
+
+
+def test_a_bad_image_in_a_list_raises_with_its_index_before_any_network(tiny_pipeline, photo):
+    seen = []
+    with pytest.raises(FaceNotFoundError, match=r"^image 1: No face") as error:
+        tiny_pipeline.reconstruct([photo, np.full((200, 300, 3), 128, np.uint8), photo], on_stage=seen.append)
+    assert error.value.index == 1
+    assert seen == ["detect"]
+
+
+def test_errors_return_keeps_the_good_images(tiny_pipeline, photo, output):
+    from eyeglass3d import ImageInputError
+
+    results = tiny_pipeline.reconstruct([b"junk", photo, np.full((200, 300, 3), 128, np.uint8)], errors="return")
+    assert isinstance(results[0], ImageInputError) and results[0].index == 0
+    assert isinstance(results[1], ReconstructionOutput)
+    np.testing.assert_allclose(results[1].landmarks, output.landmarks, atol=1e-4)
+    assert isinstance(results[2], FaceNotFoundError) and str(results[2]).startswith("No face")
+    assert tiny_pipeline.reconstruct([], errors="return") == []
+
+
+def test_all_faces_in_a_list_gives_a_list_per_image(tiny_pipeline, photo):
+    results = tiny_pipeline.reconstruct((photo, photo), all_faces=True)
+    assert [type(item) for item in results] == [list, list]
+    assert len(results[0]) == len(results[1]) >= 1
+
+
+@pytest.mark.parametrize("arguments, message", [
+    ({"errors": "ignore"}, "errors must be"),
+    ({"remove_glasses": "no"}, "remove_glasses must be True or False"),
+    ({"all_faces": None}, "all_faces must be True or False"),
+    ({"glasses_mask": [None]}, "a list of 1 masks for 2 images"),
+])
+def test_bad_arguments_are_value_errors(tiny_pipeline, photo, arguments, message):
+    with pytest.raises(ValueError, match=message):
+        tiny_pipeline.reconstruct([photo, photo], **arguments)
+
+
+@pytest.mark.parametrize("mask, message", [
+    (np.zeros((10, 10, 5), bool), r"1\.\.4 channels"),
+    (np.zeros((10,), bool), r"1\.\.4 channels"),
+    (np.array([["a"]]), "dtype"),
+    (np.full((2, 2), np.nan), "NaN"),
+    ([[0, 1], [1]], "cannot be read as an array"),
+])
+def test_unusable_masks_are_value_errors(tiny_pipeline, photo, mask, message):
+    with pytest.raises(ValueError, match=message):
+        tiny_pipeline.reconstruct(photo, glasses_mask=mask)
+
+
+def test_stages_are_reported_once_per_batch(tiny_pipeline, photo):
+    seen = []
+    tiny_pipeline.reconstruct([photo, photo], on_stage=seen.append)
+    assert seen == ["detect", "landmarks", "parse", "inpaint", "regress", "mesh"]
+
+
+def test_pipeline_does_not_import_ray():
+    import subprocess
+    import sys
+
+    code = "import sys, eyeglass3d.pipeline, eyeglass3d.cli; print('ray' in sys.modules, 'pyarrow' in sys.modules)"
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert result.stdout.split() == ["False", "False"], result.stderr[-2000:]
