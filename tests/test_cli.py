@@ -19,6 +19,7 @@ import pytest
 from eyeglass3d import cli
 from eyeglass3d.errors import FaceNotFoundError
 from eyeglass3d.image_io import load_image
+from eyeglass3d.models.face_model import COEFFICIENT_SIZES
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 
@@ -30,6 +31,9 @@ class StandInOutput:
 
     def __init__(self, rgb: np.ndarray):
         self.inpainted = PIL.Image.fromarray(rgb)
+        self.face_box, self.score = np.array([1, 2, 30, 40], np.float32), 0.99
+        self.landmarks = np.full((68, 2), float(rgb.mean()), np.float32)
+        self.coefficients = {name: np.full(size, rgb.std(), np.float32) for name, size in COEFFICIENT_SIZES.items()}
 
     def export(self, path):
         path = Path(path)
@@ -46,13 +50,23 @@ class StandInPipeline:
     """Finds "faces" in any non-uniform image (two of them), none in a flat one."""
 
     def __init__(self):
-        self.calls = []
+        self.calls, self.batches, self.interrupt_after = [], [], None
 
-    def reconstruct(self, image, glasses_mask=None, remove_glasses=True, all_faces=False):
+    def reconstruct(self, images, glasses_mask=None, remove_glasses=True, all_faces=False, errors="raise"):
+        assert isinstance(images, list) and errors == "return"  # the CLI hands over batches, never stops on one
+        self.batches.append(len(images))
+        return [self._one(image, remove_glasses, all_faces) for image in images]
+
+    def _one(self, image, remove_glasses, all_faces):
         self.calls.append({"image": image, "remove_glasses": remove_glasses, "all_faces": all_faces})
-        rgb = load_image(image)
+        if self.interrupt_after is not None and len(self.calls) > self.interrupt_after:
+            raise KeyboardInterrupt
+        try:
+            rgb = load_image(image)
+        except ValueError as error:
+            return error
         if rgb.std() == 0:
-            raise FaceNotFoundError("No face found in the image.")
+            return FaceNotFoundError("No face found in the image.")
         faces = [StandInOutput(rgb), StandInOutput(rgb)]
         return faces if all_faces else faces[0]
 
@@ -254,3 +268,146 @@ def test_shipped_weights_on_a_real_photo(tmp_path, capsys):
         assert (out / name).stat().st_size > 0, name
     coefficients = json.loads((out / "grace_hopper_coefficients.json").read_text())
     assert {"identity", "expression", "pose"} <= set(coefficients)
+
+
+def test_batch_size_groups_photos_and_keeps_every_result(tmp_path, stand_in, capsys):
+    for index in range(5):
+        _photo(tmp_path / f"p{index}.jpg")
+    _photo(tmp_path / "p5.png", flat=True)
+
+    code = cli.main(["reconstruct", str(tmp_path), "--out", str(tmp_path / "out"), "--batch-size", "4"])
+
+    assert code == 0
+    assert stand_in.batches == [4, 2]
+    assert "5 reconstructed, 1 failed" in capsys.readouterr().out
+    assert {f"p{index}.glb" for index in range(5)} <= {p.name for p in (tmp_path / "out").iterdir()}
+
+
+@pytest.mark.parametrize("bad", ["0", "-2", "two"])
+def test_batch_size_must_be_positive(tmp_path, bad):
+    with pytest.raises(SystemExit) as exit_info:
+        cli.main(["reconstruct", str(tmp_path), "--out", str(tmp_path), "--batch-size", bad])
+    assert exit_info.value.code == 2
+
+
+def test_inputs_and_dataset_are_exclusive(tmp_path):
+    for arguments in (["--out", str(tmp_path)], [str(tmp_path), "--dataset", str(tmp_path), "--out", str(tmp_path)]):
+        with pytest.raises(SystemExit) as exit_info:
+            cli.main(["reconstruct", *arguments])
+        assert exit_info.value.code == 2
+
+
+class CrashingPipeline(StandInPipeline):
+    """A batch that fails with a bug (not a ValueError) for one photo: the others must still come through."""
+
+    def reconstruct(self, images, **options):
+        if any(Path(image).name == "crash.jpg" for image in images):
+            raise RuntimeError("kernel fault")
+        return super().reconstruct(images, **options)
+
+
+def test_a_crash_in_a_batch_is_pinned_on_its_photo(tmp_path, monkeypatch, capsys):
+    pipeline = CrashingPipeline()
+    monkeypatch.setattr(cli, "_load_pipeline", lambda weights: pipeline)
+    for name in ("a.jpg", "crash.jpg", "b.jpg"):
+        _photo(tmp_path / name)
+
+    assert cli.main(["reconstruct", str(tmp_path), "--out", str(tmp_path / "out")]) == 0
+
+    out = capsys.readouterr().out
+    assert "2 reconstructed, 1 failed" in out and "crash.jpg: RuntimeError: kernel fault" in out
+
+
+def _image_dataset(root: Path, count: int, flat: tuple[int, ...] = (), broken: tuple[int, ...] = ()) -> Path:
+    """A `save_to_disk` data set of `count` images (flat ones have no face, broken ones are cut-off JPEGs)."""
+    import datasets
+
+    files = []
+    for index in range(count):
+        path = _photo(root / f"img{index}.png", flat=index in flat)
+        if index in broken:
+            path = root / f"img{index}.jpg"
+            path.write_bytes(b"\xff\xd8\xff\xe0 cut off")
+        files.append(str(path))
+    dataset = datasets.Dataset.from_dict({"picture": files, "label": list(range(count))})
+    dataset = dataset.cast_column("picture", datasets.Image())
+    datasets.DatasetDict({"test": dataset}).save_to_disk(str(root / "dataset"))
+    return root / "dataset"
+
+
+def _dataset_args(dataset: Path, out: Path, *extra: str) -> list[str]:
+    return ["reconstruct", "--dataset", str(dataset), "--split", "test", "--image-column", "picture",
+            "--out", str(out), *extra]
+
+
+def test_dataset_rows_go_to_parquet_with_errors(tmp_path, stand_in, capsys):
+    from eyeglass3d.batch import read_results
+
+    dataset = _image_dataset(tmp_path, 4, flat=(1,), broken=(2,))
+    out = tmp_path / "out"
+
+    assert cli.main(_dataset_args(dataset, out, "--batch-size", "3")) == 0
+
+    assert "2 reconstructed, 2 failed" in capsys.readouterr().out
+    rows = read_results(out).to_pylist()
+    assert [row["row"] for row in rows] == [0, 1, 2, 3]
+    assert [row["source"] for row in rows] == ["img0.png", "img1.png", "img2.jpg", "img3.png"]
+    assert rows[1]["error"].startswith("FaceNotFoundError: No face") and rows[1]["coefficients"] is None
+    assert rows[2]["error"].startswith("ImageInputError: ")
+    for row in (rows[0], rows[3]):
+        assert row["error"] is None
+        assert (out / row["glb_path"]).is_file() and (out / row["inpainted_path"]).is_file()
+        assert np.asarray(row["landmarks"]).shape == (68, 2)
+        assert {name: len(value) for name, value in row["coefficients"].items()} == dict(COEFFICIENT_SIZES)
+    assert json.loads(rows[0]["stages"])["parser"].startswith("landmark-drawn")
+
+
+def test_dataset_resumes_after_an_interruption_without_redoing_rows(tmp_path, stand_in, capsys):
+    from eyeglass3d.batch import read_results
+
+    dataset = _image_dataset(tmp_path, 7, flat=(3,))
+    out = tmp_path / "out"
+    stand_in.interrupt_after = 4  # rows 0-3 are two finished parts of 2; the third batch is cut short
+
+    assert cli.main(_dataset_args(dataset, out, "--batch-size", "2")) == 130
+    assert "the same command resumes" in capsys.readouterr().err
+    assert [row["row"] for row in read_results(out).to_pylist()] == [0, 1, 2, 3]
+
+    stand_in.interrupt_after, stand_in.calls = None, []
+    assert cli.main(_dataset_args(dataset, out, "--batch-size", "2")) == 0
+
+    assert len(stand_in.calls) == 3  # rows 4, 5, 6 only
+    rows = read_results(out).to_pylist()
+    assert [row["row"] for row in rows] == list(range(7))
+    assert [row["error"] is not None for row in rows] == [index == 3 for index in range(7)]
+    assert "6 reconstructed, 1 failed" in capsys.readouterr().out
+
+    stand_in.calls = []
+    assert cli.main(_dataset_args(dataset, out)) == 0 and stand_in.calls == []  # all done: nothing to do
+    assert len(read_results(out)) == 7
+
+
+def test_dataset_that_cannot_be_read_is_one_clear_line(tmp_path, stand_in, capsys, monkeypatch):
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    dataset = _image_dataset(tmp_path, 1)
+    for arguments, message in (
+        (_dataset_args(dataset, tmp_path / "out")[:-2] + ["--split", "nope", "--out", str(tmp_path / "o")], "no split 'nope'"),
+        (["reconstruct", "--dataset", str(dataset), "--split", "test", "--out", str(tmp_path / "o")], "no column 'image'"),
+        (["reconstruct", "--dataset", "someone/not-downloaded-dataset", "--out", str(tmp_path / "o")], "Cannot read"),
+    ):
+        assert cli.main(arguments) == 1
+        assert message in capsys.readouterr().err
+    assert stand_in.loaded_from == []
+
+
+def test_dataset_from_an_image_folder(tmp_path, stand_in, capsys):
+    """A plain folder of images is a data set too (`load_dataset` on a folder: the imagefolder builder)."""
+    from eyeglass3d.batch import read_results
+
+    folder = tmp_path / "faces" / "train"
+    folder.mkdir(parents=True)
+    _photo(folder / "a.png")
+    _photo(folder / "b.png", flat=True)
+
+    assert cli.main(["reconstruct", "--dataset", str(tmp_path / "faces"), "--out", str(tmp_path / "out")]) == 0
+    assert [row["error"] is None for row in read_results(tmp_path / "out").to_pylist()] == [True, False]
