@@ -108,6 +108,19 @@ def reconstruct_records(pipe, rows: list, cells: list, out: Path, *, sources: li
     return records
 
 
+def claim_output(out: Path, source: dict) -> None:
+    """Record which data set `out` holds rows of (`rows/_source.json`, which Parquet readers skip), and refuse to
+    resume into it from another one: its row numbers would be skipped as if they were done."""
+    record = out / ROWS_DIR / "_source.json"
+    if record.is_file():
+        claimed = json.loads(record.read_text())
+        if claimed != source:
+            raise ValueError(f"{out} holds rows of {claimed}, not of {source}; use another --out")
+        return
+    record.parent.mkdir(parents=True, exist_ok=True)
+    record.write_text(json.dumps(source))
+
+
 def finished_rows(out: Path) -> set[int]:
     """Row indices already in `<out>/rows` (results and errors alike): what a resumed run skips."""
     folder = out / ROWS_DIR

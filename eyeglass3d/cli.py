@@ -245,6 +245,13 @@ def _reconstruct_dataset(args: argparse.Namespace) -> int:
     except (OSError, ValueError) as error:  # datasets raises both (missing, offline, bad split or column)
         print(f"Cannot read the data set {args.dataset} (split {args.split}): {error}", file=sys.stderr)
         return 1
+    try:
+        dataset = Path(args.dataset).resolve() if Path(args.dataset).exists() else args.dataset
+        batch.claim_output(args.out, {"dataset": str(dataset), "split": args.split,
+                                      "image_column": args.image_column, "rows": len(images)})
+    except ValueError as error:
+        print(error, file=sys.stderr)
+        return 1
     done = batch.finished_rows(args.out)
     todo = [row for row in range(len(images)) if row not in done]
     print(f"{len(images)} rows, {len(images) - len(todo)} already in {args.out / batch.ROWS_DIR}, {len(todo)} to do",

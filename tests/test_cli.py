@@ -322,6 +322,7 @@ def _image_dataset(root: Path, count: int, flat: tuple[int, ...] = (), broken: t
     """A `save_to_disk` data set of `count` images (flat ones have no face, broken ones are cut-off JPEGs)."""
     import datasets
 
+    root.mkdir(exist_ok=True)
     files = []
     for index in range(count):
         path = _photo(root / f"img{index}.png", flat=index in flat)
@@ -385,6 +386,10 @@ def test_dataset_resumes_after_an_interruption_without_redoing_rows(tmp_path, st
     stand_in.calls = []
     assert cli.main(_dataset_args(dataset, out)) == 0 and stand_in.calls == []  # all done: nothing to do
     assert len(read_results(out)) == 7
+
+    other = _image_dataset(tmp_path / "other", 3)
+    assert cli.main(_dataset_args(other, out)) == 1  # another data set's rows 0-2 are not done
+    assert "use another --out" in capsys.readouterr().err
 
 
 def test_dataset_that_cannot_be_read_is_one_clear_line(tmp_path, stand_in, capsys, monkeypatch):
