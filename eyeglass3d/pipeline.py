@@ -165,7 +165,8 @@ class Eyeglass3DPipeline(DiffusionPipeline):
         """Reconstruct the largest face (or every face with `all_faces=True`, giving a list).
 
         image: PIL image, HxWx3 uint8 RGB array, path or bytes. A list (or tuple) of them gives a list of
-            results in the same order; the networks then run on the crops of all its faces stacked together.
+            results in the same order; the networks then run on the crops of all its faces stacked together
+            (each face's `timings_ms` then holds its share of a stage's time).
         glasses_mask: (H, W) bool in input pixels, overriding the parser (e.g. painted by hand); (H, W, C)
             is read from its alpha (C = 2 or 4) or its brightest channel. With a list of images: one array
             for all, or a list with one mask (or None) per image.
@@ -227,7 +228,8 @@ class Eyeglass3DPipeline(DiffusionPipeline):
 
     # ------------------------------------------------------------------ stages
     def _find_faces(self, index, image, glasses_mask, remove_glasses, all_faces) -> list[_Face]:
-        """Load one image and detect its faces (largest first): the only stage that runs image by image."""
+        """Load one image and detect its faces (largest first). Detection runs image by image: its pyramid is cut to
+        each photo's size."""
         clock = time.perf_counter()
         rgb = load_image(image)
         user_mask = self._check_mask(glasses_mask, rgb.shape[:2])
