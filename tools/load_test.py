@@ -289,6 +289,14 @@ def rss_trend(samples, after_s: float) -> dict:
     return {"slope_mb_per_min": round(float(slope * 60), 2), "max_mb": float(points[:, 1].max())}
 
 
+def code_version() -> str:
+    """Which app the figures belong to: the commit, and whether the tree had changes on top."""
+    described = subprocess.run(
+        ["git", "describe", "--always", "--dirty"], cwd=REPO_ROOT, capture_output=True, text=True, check=False
+    )
+    return described.stdout.strip() or "unknown"
+
+
 def folder_size_mb(folder: Path) -> float:
     return round(sum(path.stat().st_size for path in folder.rglob("*") if path.is_file()) / 2**20, 2)
 
@@ -357,6 +365,7 @@ def load(url: str, samples: list[Sample], monitor: ServerMonitor | None, options
         "busy_answers": tally.outcomes.get("busy", 0),
         "served_per_min": round(tally.outcomes.get("served", 0) / elapsed * 60, 1),
         "latency": {outcome: percentiles(values) for outcome, values in sorted(tally.latencies.items())},
+        "code": code_version(),
         "machine": {
             "cpus": os.cpu_count(),
             "python": platform.python_version(),
@@ -389,8 +398,8 @@ def parse_args(argv=None):
     parser.add_argument("--name", required=True, help="the report goes to weights_card/eval/load_test_<name>.json")
     parser.add_argument("--clients", type=int, default=4)
     parser.add_argument("--seconds", type=float, default=60)
-    parser.add_argument("--warmup", type=float, default=None, help="seconds before the 'after warm-up' RSS (default: a fifth)")
-    parser.add_argument("--max-requests", type=int, default=20000, help="stop sending after this many, whatever the time")
+    parser.add_argument("--warmup", type=float, help="seconds before the 'after warm-up' RSS (default: a fifth)")
+    parser.add_argument("--max-requests", type=int, default=20000, help="stop sending after this many, whatever time")
     parser.add_argument("--request-timeout", type=float, default=300)
     parser.add_argument("--busy-backoff", type=float, default=2.0, help="seconds a busy user waits before the next try")
     parser.add_argument("--url", help=f"attach to a running app at http://{LOOPBACK}:<port>/ instead of starting one")
