@@ -96,8 +96,8 @@ def check_loopback(url: str) -> str:
     return url if url.endswith("/") else url + "/"
 
 
-def start_server(workdir: Path, extra_env: dict[str, str]) -> tuple[subprocess.Popen, str]:
-    """`python app.py` on a free loopback port, with every file it writes under `workdir`."""
+def start_server(workdir: Path, extra_env: dict[str, str], app: Path) -> tuple[subprocess.Popen, str]:
+    """`python app.py` (or `app`) on a free loopback port, with every file it writes under `workdir`."""
     port = free_port()
     for name in ("share", "examples_cache", "gradio_tmp", "tmp"):
         (workdir / name).mkdir(parents=True, exist_ok=True)
@@ -116,7 +116,7 @@ def start_server(workdir: Path, extra_env: dict[str, str]) -> tuple[subprocess.P
     )
     log = (workdir / "server.log").open("w")
     process = subprocess.Popen(
-        [sys.executable, str(REPO_ROOT / "app.py")], cwd=REPO_ROOT, env=env, stdout=log, stderr=subprocess.STDOUT
+        [sys.executable, str(app)], cwd=REPO_ROOT, env=env, stdout=log, stderr=subprocess.STDOUT
     )
     deadline = time.monotonic() + SERVER_START_TIMEOUT_S
     while "pipeline loaded in" not in (workdir / "server.log").read_text():
@@ -310,7 +310,7 @@ def run(options) -> dict:
             url, pid = check_loopback(options.url), options.pid
         else:
             extra = dict(item.split("=", 1) for item in options.server_env)
-            process, url = start_server(workdir, extra)
+            process, url = start_server(workdir, extra, options.app)
             pid = process.pid
         samples = make_samples(workdir / "inputs")
         monitor = ServerMonitor(pid) if pid else None
@@ -404,6 +404,8 @@ def parse_args(argv=None):
     parser.add_argument("--busy-backoff", type=float, default=2.0, help="seconds a busy user waits before the next try")
     parser.add_argument("--url", help=f"attach to a running app at http://{LOOPBACK}:<port>/ instead of starting one")
     parser.add_argument("--pid", type=int, help="with --url: the server's process id, for its RSS")
+    parser.add_argument("--app", type=Path, default=REPO_ROOT / "app.py",
+                        help="the app file to serve, e.g. an older app.py to compare (default: this one)")
     parser.add_argument("--server-env", action="append", default=[], metavar="NAME=VALUE",
                         help="extra environment for the started app.py (repeatable)")
     parser.add_argument("--note", default="", help="what else the machine was doing, for the report")
