@@ -243,3 +243,19 @@ def test_shipped_retry_changes_nothing_where_the_first_pass_finds_the_face(shipp
         (first,) = shipped.detect(image, thresholds=tuple(shipped.config.thresholds))
         (face,) = shipped.detect(image)
         np.testing.assert_array_equal(face.box, first.box)
+@pytest.mark.integration
+def test_a_tight_crop_behind_mirrored_sunglasses_is_found(shipped, example_records):
+    from eyeglass3d.training.compositor import GlassesCompositor
+
+    record = example_records[0]  # astronaut.jpg, glasses-free
+    x0, y0 = record.landmarks68_px.min(0).astype(int)
+    x1, y1 = record.landmarks68_px.max(0).astype(int)
+    crop = np.ascontiguousarray(record.image[y0 - 15 : y1 + 5, x0 - 5 : x1 + 5])  # a cropped selfie: no margin
+    landmarks = record.landmarks68_px - [x0 - 5, y0 - 15]
+    found = 0
+    for seed in range(4):
+        sample = GlassesCompositor(seed=seed)(crop, landmarks, np.random.default_rng(seed), lens="mirrored")
+        faces = shipped.detect(sample.image)
+        eyes = np.stack([landmarks[36:42].mean(0), landmarks[42:48].mean(0)])
+        found += any(((eyes >= f.box[:2]) & (eyes <= f.box[2:])).all() for f in faces)
+    assert found == 4
