@@ -1,7 +1,7 @@
 """Throughput of `reconstruct` on a list (the networks on stacked crops) against the one-by-one loop.
 
     python -m eyeglass3d.evaluation.benchmark_batch [--weights weights_card] [--photos 32] [--batch-size 8]
-        [--rounds 3] [--threads 2] [--json weights_card/eval/batch_throughput.json]
+        [--rounds 3] [--threads 2] [--json weights_card/eval/batch_throughput_examples.json]
 
 The photos are the example faces (`examples/`) and their mirror images, repeated to `--photos`, held in memory so
 that both ways decode nothing. Each round times the loop, then the batched calls, on the same photos: a busy moment
@@ -65,7 +65,7 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--batch-size", type=int, default=8, help="photos per reconstruct call in the batched way")
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--threads", type=int, default=2)
-    parser.add_argument("--json", type=str, default=str(EVAL_DIR / "batch_throughput.json"))
+    parser.add_argument("--json", type=str, default=str(EVAL_DIR / "batch_throughput_examples.json"))
     args = parser.parse_args(argv)
     torch.set_num_threads(args.threads)
 
@@ -92,6 +92,7 @@ def main(argv: list[str] | None = None) -> dict:
         print(rounds[-1], flush=True)
 
     report = {
+        "split": "examples",
         "what": "reconstruct throughput, one list call per batch vs one call per photo (same photos, same process)",
         "weights": public_path(weights),
         "photos": len(photos),
