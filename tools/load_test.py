@@ -329,7 +329,7 @@ def run(options) -> dict:
 
 def load(url: str, samples: list[Sample], monitor: ServerMonitor | None, options) -> dict:
     tally = Tally()
-    load_before = os.getloadavg()
+    load_before, code = os.getloadavg(), code_version()
     if monitor:
         monitor.mark("start")
         monitor.start()
@@ -365,7 +365,7 @@ def load(url: str, samples: list[Sample], monitor: ServerMonitor | None, options
         "busy_answers": tally.outcomes.get("busy", 0),
         "served_per_min": round(tally.outcomes.get("served", 0) / elapsed * 60, 1),
         "latency": {outcome: percentiles(values) for outcome, values in sorted(tally.latencies.items())},
-        "code": code_version(),
+        "code": code,
         "machine": {
             "cpus": os.cpu_count(),
             "python": platform.python_version(),
