@@ -656,6 +656,7 @@ def main() -> None:
     concurrency = max(1, int(os.environ.get("EYEGLASS3D_CONCURRENCY", "1")))
     share_dir = os.environ.get("EYEGLASS3D_SHARE_DIR") or APP_ROOT / "share_store"
     store = ResultStore(share_dir, SHARE_MAX_BYTES, SHARE_MAX_AGE_S)
+    store.evict()  # what a previous run left expired or damaged goes now, not at the next share
     pipeline: Future = Future()
     demo = build_demo(pipeline, store, workers=concurrency)
     launch(
