@@ -125,6 +125,20 @@ def evaluate(model, records, versions, size, batch_size=128) -> dict[str, float]
     return {f"nme_{kind}": float(np.concatenate(values).mean()) for kind, values in errors.items()}
 
 
+def validate(weights: Path, sets: list[str], seed: int, cache_dir: Path, log, json_path: Path | None, argv) -> dict:
+    """The per-set val NME the training selects checkpoints by, for any weights: how versions are compared."""
+    from eyeglass3d.evaluation.report import public_path, write_report
+
+    model = LandmarkRegressor.from_pretrained(weights).float().eval()
+    report = {"split": "val", "weights": public_path(weights), "crops": "canonical crop of the label's five points"}
+    for name in sets:
+        mix = load_mix([name], "val", 1, seed + 1, cache_dir, log)
+        report[name] = {"n": len(mix), **{k: round(v, 4) for k, v in evaluate(model, mix, mix, model.config.input_size).items()}}
+    report["score"] = round(float(np.mean([report[n]["nme_clean"] + report[n]["nme_glasses"] for n in sets])), 4)
+    return write_report(report, json_path or REPO_ROOT / "runs" / "eval" / "landmarker_val_crops.json",
+                        module="eyeglass3d.training.train_landmarker", argv=argv)
+
+
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--out", type=Path, default=REPO_ROOT / "runs" / "landmarker")
@@ -149,6 +163,9 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--resume", action="store_true")
     parser.add_argument("--export", type=Path, help="write the best checkpoint as fp16 to this folder and stop")
+    parser.add_argument("--validate", type=Path, metavar="WEIGHTS",
+                        help="score these weights on the val split of --sets (as every epoch is scored) into --json and stop")
+    parser.add_argument("--json", type=Path, help="report of --validate")
     parser.add_argument("--refinements", type=int, default=0,
                         help="re-crops `predict` makes from its own landmarks (each costs one more forward)")
     args = parser.parse_args(argv)
@@ -161,6 +178,9 @@ def main(argv: list[str] | None = None) -> None:
     sets = args.sets.split(",")
     cache_dir = REPO_ROOT / "cache"
     cache_dir.mkdir(exist_ok=True)
+    if args.validate:
+        validate(args.validate, sets, args.seed, cache_dir, log, args.json, argv)
+        return
     train_versions = load_mix(sets, "train", args.glasses_copies, args.seed, cache_dir, log)
     val_sets = {name: load_mix([name], "val", 1, args.seed + 1, cache_dir, log) for name in sets}
     train = train_versions
