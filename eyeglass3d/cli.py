@@ -142,13 +142,8 @@ def _reconstruct(args: argparse.Namespace) -> int:
 
     from tqdm import tqdm
 
-    from .paths import default_weights
-
-    weights = args.weights if args.weights is not None else default_weights()
-    try:
-        pipe = _load_pipeline(weights)
-    except (OSError, ValueError) as error:
-        print(f"Cannot load the model from {weights}: {error}", file=sys.stderr)
+    pipe = _load_pipeline(args.weights)
+    if pipe is None:
         return 1
 
     args.out.mkdir(parents=True, exist_ok=True)
@@ -188,10 +183,17 @@ def _reconstruct(args: argparse.Namespace) -> int:
 
 
 def _load_pipeline(weights):
-    """Loaded once per run; torch and diffusers are imported here, not at `--help`."""
+    """Loaded once per run (torch and diffusers are imported here, not at `--help`); None, said on stderr,
+    when the model cannot be loaded."""
     from . import Eyeglass3DPipeline
+    from .paths import default_weights
 
-    return Eyeglass3DPipeline.from_pretrained(weights)
+    weights = weights if weights is not None else default_weights()
+    try:
+        return Eyeglass3DPipeline.from_pretrained(weights)
+    except (OSError, ValueError) as error:
+        print(f"Cannot load the model from {weights}: {error}", file=sys.stderr)
+        return None
 
 
 def reconstruct_each(pipe, images: list, **options) -> list:
@@ -259,13 +261,8 @@ def _reconstruct_dataset(args: argparse.Namespace) -> int:
     if todo:
         from tqdm import tqdm
 
-        from .paths import default_weights
-
-        weights = args.weights if args.weights is not None else default_weights()
-        try:
-            pipe = _load_pipeline(weights)
-        except (OSError, ValueError) as error:
-            print(f"Cannot load the model from {weights}: {error}", file=sys.stderr)
+        pipe = _load_pipeline(args.weights)
+        if pipe is None:
             return 1
         for start in tqdm(range(0, len(todo), args.batch_size), desc="reconstructing", unit="batch", file=sys.stderr):
             rows = todo[start:start + args.batch_size]

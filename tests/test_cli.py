@@ -173,10 +173,12 @@ def test_output_folder_inside_the_input_folder_is_not_reread(tmp_path, stand_in)
 
 
 def test_model_that_cannot_load_is_one_clear_line(tmp_path, monkeypatch, capsys):
-    def fail(weights):
+    from eyeglass3d import Eyeglass3DPipeline
+
+    def fail(weights, **kwargs):
         raise FileNotFoundError(f"{weights} has no model_index.json: not an eyeglass3d model repo")
 
-    monkeypatch.setattr(cli, "_load_pipeline", fail)
+    monkeypatch.setattr(Eyeglass3DPipeline, "from_pretrained", fail)
     _photo(tmp_path / "me.jpg")
     assert cli.main(["reconstruct", str(tmp_path / "me.jpg"), "--out", str(tmp_path / "out"),
                      "--weights", str(tmp_path)]) == 1
