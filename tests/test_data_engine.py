@@ -24,11 +24,18 @@ UTKFACE_IMAGES = data_root() / "faces" / "utkface" / "images"
 needs_shared_data = pytest.mark.skipif(not UTKFACE_IMAGES.is_dir(), reason="the shared face data is not here")
 
 
+def recorded_split(set_name: str, expected_files: int) -> tuple[dict[str, str], dict[str, str]]:
+    """(key -> split, key -> file name) of a set's committed CSV, after checking every key names one of its photos."""
+    faces = face_set(set_name)
+    recorded = read_split_csv(faces.split_csv)
+    names = faces.resolve(recorded)
+    assert len(recorded) == len(names) == expected_files
+    return recorded, names
+
+
 @needs_shared_data
 def test_utkface_split_keys_resolve_and_follow_the_hash_rule():
-    recorded = read_split_csv(UTKFACE_SPLIT_CSV)
-    names = face_set("utkface").resolve(recorded)
-    assert len(recorded) == len(names) == 9780  # every hashed key names exactly one photo
+    recorded, names = recorded_split("utkface", 9780)
     # The CSV is exactly what the hash rule gives, so it can always be regenerated, and a group of
     # near-duplicate photos never straddles two splits.
     rows = read_keyed_csv(UTKFACE_SPLIT_CSV)
@@ -57,15 +64,12 @@ def test_committed_csvs_hold_no_utkface_file_names():
 
 @needs_shared_data
 def test_lfw_split_is_by_person_and_follows_the_pair_folds():
-    lfw = face_set("lfw")
-    recorded = read_split_csv(lfw.split_csv)
-    names = lfw.resolve(recorded)
-    assert len(recorded) == len(names) == 6922
+    recorded, names = recorded_split("lfw", 6922)
     split_of_person: dict[str, set] = {}
     for key, name in names.items():
         split_of_person.setdefault(name.split("/")[0], set()).add(recorded[key])
     assert all(len(splits) == 1 for splits in split_of_person.values())  # no person in two splits
-    folds = read_lfw_pair_folds(lfw.root / "pairs_dev.txt")
+    folds = read_lfw_pair_folds(face_set("lfw").root / "pairs_dev.txt")
     for person, (split,) in split_of_person.items():
         assert split == {4: "val", 5: "test"}.get(folds.get(person), "train"), person
     # Every person of a fold-4 or fold-5 pair has a photo in val or test.
@@ -87,10 +91,7 @@ def test_lfw_pair_folds_reader_on_a_known_file(tmp_path):
 
 @needs_shared_data
 def test_celebamask_split_keys_resolve_80_10_10():
-    faces = face_set("celebamask")
-    recorded = read_split_csv(faces.split_csv)
-    names = faces.resolve(recorded)
-    assert len(recorded) == len(names) == 942
+    recorded, names = recorded_split("celebamask", 942)
     assert all(assign_split(name) == recorded[key] for key, name in names.items())
     counts = {name: sum(s == name for s in recorded.values()) for name in SPLIT_NAMES}
     assert counts["train"] / 942 == pytest.approx(0.8, abs=0.04)
