@@ -319,7 +319,10 @@ def run(options) -> dict:
             report["server_files_mb"] = {
                 name: folder_size_mb(workdir / name) for name in ("gradio_tmp", "tmp", "share", "examples_cache")
             }
-            report["server_log_tail"] = (workdir / "server.log").read_text()[-2000:].splitlines()[-15:]
+            tail = (workdir / "server.log").read_text()[-2000:].splitlines()[-15:]
+            # Tracebacks name this machine's folders; the report is committed, so they become relative.
+            report["server_log_tail"] = [line.replace(f"{REPO_ROOT}/", "").replace(f"{workdir}/", "<workdir>/")
+                                         for line in tail]
         return report
     finally:
         if process is not None:
