@@ -14,7 +14,6 @@ from dataclasses import dataclass, field
 from importlib import import_module
 from pathlib import Path
 
-import cv2
 import numpy as np
 import PIL.Image
 import torch
@@ -29,7 +28,6 @@ from .image_io import fit_within, load_image
 from .inpaint_classical import classical_inpaint
 from .mesh import build_mesh
 from .models.face_model import COEFFICIENT_SIZES
-from .models.precision import unet_autocast
 from .outputs import ReconstructionOutput
 from .render.texture import atlas_uv, unwrap_texture
 
@@ -272,25 +270,12 @@ class Eyeglass3DPipeline(DiffusionPipeline):
         return detections
 
     def _landmark_stage(self, faces: list[_Face]) -> None:
-        """68 landmarks per face (and again per refinement), from the crops `LandmarkRegressor.predict` cuts.
-
-        The only stage that runs its network crop by crop: its fp32 kernels answer a float ulp apart for one crop
+        """68 landmarks per face, crop by crop: the landmarker's fp32 kernels answer a float ulp apart for one crop
         and for several, and under bf16 the inpainter's landmark guidance turns that ulp into a grey level and the
         coefficients move by ~1e-3. At ~7 ms a face, the same answer in a batch is worth more than the ~4 ms that
         stacking would save."""
-        size = self.landmarker.config.input_size
-        points5 = [face.points5 for face in faces]
-        for _ in range(1 + self.landmarker.config.refinements):
-            matrices = [alignment.crop_matrix(points, size) for points in points5]
-            crops = _stack([alignment.warp_crop(face.rgb, matrix, size) for face, matrix in zip(faces, matrices)])
-            unit = torch.cat([self.landmarker.folded_forward(crop[None]) for crop in crops]).float().numpy()
-            landmarks = [
-                alignment.transform_points(alignment.invert_affine(matrix), points * size)
-                for matrix, points in zip(matrices, unit)
-            ]
-            points5 = [alignment.five_points_from_landmarks(points) for points in landmarks]
-        for face, points in zip(faces, landmarks):
-            face.landmarks = points
+        for face in faces:
+            face.landmarks = self.landmarker.predict(face.rgb, face.points5)
             face.stages["landmarker"] = "network"
 
     def _parse_stage(self, faces: list[_Face]) -> None:
@@ -314,24 +299,15 @@ class Eyeglass3DPipeline(DiffusionPipeline):
             face.parsing[mask] = eyeglasses
 
     def _parser_masks(self, faces: list[_Face]) -> list[np.ndarray]:
-        """The parser on every face's eye band in one forward (`FaceParser.predict`, batched); writes its labels
-        into each face's parsing and returns the grown glasses masks."""
-        parser = self.parser
-        size_hw = tuple(parser.config.input_size)
-        matrices = [alignment.region_matrix(face.points5, tuple(parser.config.crop_box), size_hw) for face in faces]
-        bands = _stack([alignment.warp_crop(face.rgb, matrix, size_hw) for face, matrix in zip(faces, matrices)])
-        with unet_autocast(parser.device):
-            band_labels = parser(bands.to(parser.dtype)).argmax(1).to(torch.uint8).numpy()
+        """The parser on every face's eye band in one forward; writes its labels into each face's parsing and
+        returns the grown glasses masks."""
+        band_labels = self.parser.predict_batch([face.rgb for face in faces], [face.points5 for face in faces])
         # Map the parser's own label names onto the pipeline's label list.
         lookup = np.full(256, 255, np.uint8)
-        lookup[: len(parser.config.labels)] = [PARSING_LABELS.index(name) for name in parser.config.labels]
+        lookup[: len(self.parser.config.labels)] = [PARSING_LABELS.index(name) for name in self.parser.config.labels]
         masks = []
-        for face, matrix, labels in zip(faces, matrices, band_labels):
-            height, width = face.rgb.shape[:2]
-            region = cv2.warpAffine(
-                labels, alignment.invert_affine(matrix), (width, height), flags=cv2.INTER_NEAREST, borderValue=255
-            )
-            back = lookup[region]
+        for face, labels in zip(faces, band_labels):
+            back = lookup[labels]
             inside = back != 255
             face.parsing[inside] = back[inside]
             glasses = face.parsing == PARSING_LABELS.index("eyeglasses")
@@ -350,47 +326,15 @@ class Eyeglass3DPipeline(DiffusionPipeline):
                 face.inpainted = classical_inpaint(face.rgb, face.glasses_mask, "telea")
                 face.stages["inpainter"] = "OpenCV Telea (no inpainting network shipped)"
             return
-        for face, (filled, handled) in zip(todo, self._inpainter_fill(todo)):
+        filled_faces = self.inpainter.predict_batch(
+            [face.rgb for face in todo], [face.points5 for face in todo], [face.landmarks for face in todo],
+            [face.glasses_mask for face in todo],
+        )
+        for face, (filled, handled) in zip(todo, filled_faces):
             outside = face.glasses_mask & ~handled
             if outside.any():  # a hand-painted mask may reach past the network's band
                 filled = classical_inpaint(filled, outside, "telea")
             face.inpainted, face.stages["inpainter"] = filled, "network"
-
-    def _inpainter_fill(self, faces: list[_Face]) -> list[tuple[np.ndarray, np.ndarray]]:
-        """The inpainter on every face's eye band in one forward (`InpaintGenerator.predict`, batched):
-        (filled image, the part of the mask it filled) per face."""
-        inpainter = self.inpainter
-        size_hw = tuple(inpainter.config.input_size)
-        matrices = [alignment.region_matrix(face.points5, tuple(inpainter.config.crop_box), size_hw) for face in faces]
-        bands = _stack([alignment.warp_crop(face.rgb, matrix, size_hw) for face, matrix in zip(faces, matrices)])
-        band_masks = np.stack([
-            alignment.warp_crop(face.glasses_mask.astype(np.uint8) * 255, matrix, size_hw) > 0
-            for face, matrix in zip(faces, matrices)
-        ])
-        landmarks_band = np.stack([
-            alignment.transform_points(matrix, face.landmarks) / np.array(size_hw[::-1])
-            for face, matrix in zip(faces, matrices)
-        ])
-        guidance = inpainter.landmark_heatmaps(
-            torch.from_numpy(landmarks_band).float(), size_hw[0], size_hw[1],
-            inpainter.config.guidance_sigma, inpainter.config.guidance_channels,
-        )
-        mask_tensor = torch.from_numpy(band_masks)[:, None].float()
-        dtype = inpainter.dtype
-        with unet_autocast(inpainter.device):
-            filled = inpainter.inpaint(bands.to(dtype), mask_tensor.to(dtype), guidance.to(dtype))
-        filled = (filled.float().clamp(0, 1).permute(0, 2, 3, 1).numpy() * 255 + 0.5).astype(np.uint8)
-        out = []
-        for face, matrix, band in zip(faces, matrices, filled):
-            height, width = face.rgb.shape[:2]
-            inverse = alignment.invert_affine(matrix)
-            back = cv2.warpAffine(band, inverse, (width, height), flags=cv2.INTER_LINEAR, borderMode=cv2.BORDER_REPLICATE)
-            region = cv2.warpAffine(np.ones(size_hw, np.uint8), inverse, (width, height), flags=cv2.INTER_NEAREST) > 0
-            handled = face.glasses_mask & region
-            image = face.rgb.copy()
-            image[handled] = back[handled]
-            out.append((image, handled))
-        return out
 
     def _regress_stage(self, faces: list[_Face]) -> None:
         """3DMM coefficients in the canonical crop's camera, from crops cut from the landmarks' five points.
@@ -404,30 +348,9 @@ class Eyeglass3DPipeline(DiffusionPipeline):
             for face in faces:
                 face.coefficients, face.stages["regressor"] = self._fit(face.inpainted, face.shape_points5, face.landmarks)
             return
-        for face, coefficients in zip(faces, self._regressor_coefficients(faces)):
+        regressed = self.regressor.predict_batch([face.inpainted for face in faces], [face.shape_points5 for face in faces])
+        for face, coefficients in zip(faces, regressed):
             face.coefficients, face.stages["regressor"] = coefficients, "network"
-
-    def _regressor_coefficients(self, faces: list[_Face]) -> list[dict[str, torch.Tensor]]:
-        """The regressor on every face's crop and its shifted copies in one forward (`CoefficientRegressor.predict`,
-        batched): all but the pose averaged over the shifts, the pose the centre crop's."""
-        regressor = self.regressor
-        size, shift = regressor.config.input_size, regressor.config.test_time_shift * regressor.config.input_size
-        moves = [(0.0, 0.0)] + ([(shift, 0.0), (-shift, 0.0), (0.0, shift), (0.0, -shift)] if shift > 0 else [])
-        crops = []
-        for face in faces:
-            matrix = alignment.crop_matrix(face.shape_points5, size)
-            crops += [
-                alignment.warp_crop(face.inpainted, matrix + np.array([[0.0, 0.0, dx], [0.0, 0.0, dy]]), size)
-                for dx, dy in moves
-            ]
-        outputs = regressor.folded_forward(_stack(crops)).float().view(len(faces), len(moves), -1)
-        coefficients = []
-        for per_face in outputs:
-            named = regressor.split(per_face.mean(0, keepdim=True))
-            if "pose" in named:
-                named["pose"] = regressor.split(per_face[:1])["pose"]
-            coefficients.append(named)
-        return coefficients
 
     def _fit(self, rgb, points5, landmarks_px):
         """Coefficients fitted to the landmarks while no regressor is shipped; projection scales with the crop
@@ -526,12 +449,6 @@ class _Face:
             timings_ms={name: round(value, 1) for name, value in self.timings.items()},
             points5=self.shape_points5.astype(np.float32),
         )
-
-
-def _stack(crops: list[np.ndarray]) -> torch.Tensor:
-    """HxWx3 uint8 crops -> (B, 3, H, W) float in [0, 1], the networks' input, contiguous: a channels-last batch
-    would take other kernels than the models' one-crop `predict` and answer a few ulps apart."""
-    return torch.from_numpy(np.stack(crops)).permute(0, 3, 1, 2).float().div(255).contiguous()
 
 
 def _flag(name: str, value) -> bool:

@@ -17,6 +17,7 @@ from diffusers.configuration_utils import register_to_config
 from torch import nn
 
 from ..geometry.alignment import EYE_BAND, invert_affine, region_matrix, transform_points, warp_crop
+from .crops import stack_crops
 from .precision import unet_autocast
 
 # iBUG 68-point parts, one guidance channel each when guidance_channels == 5.
@@ -151,29 +152,39 @@ class InpaintGenerator(ModelMixin, ConfigMixin):
         Returns (filled image, the part of `mask` that was filled); every other pixel is unchanged.
         Shared by the pipeline and the evaluation, like `LandmarkRegressor.predict`.
         """
-        height, width = image.shape[:2]
+        return self.predict_batch([image], [points5_px], [landmarks_px], [mask])[0]
+
+    def predict_batch(
+        self, images: list[np.ndarray], points5_px: list[np.ndarray], landmarks_px: list[np.ndarray],
+        masks: list[np.ndarray],
+    ) -> list[tuple[np.ndarray, np.ndarray]]:
+        """`predict` for several faces in one forward."""
         size_hw = tuple(self.config.input_size)
-        matrix = region_matrix(np.asarray(points5_px, np.float64), tuple(self.config.crop_box), size_hw)
-        band = torch.from_numpy(warp_crop(image, matrix, size_hw)).permute(2, 0, 1)[None].float().div(255)
-        band_mask = warp_crop(mask.astype(np.uint8) * 255, matrix, size_hw) > 0
-        landmarks_band = transform_points(matrix, landmarks_px) / np.array(size_hw[::-1])
+        matrices = [region_matrix(np.asarray(p, np.float64), tuple(self.config.crop_box), size_hw) for p in points5_px]
+        bands = stack_crops([warp_crop(image, matrix, size_hw) for image, matrix in zip(images, matrices)])
+        band_masks = np.stack([warp_crop(m.astype(np.uint8) * 255, matrix, size_hw) > 0 for m, matrix in zip(masks, matrices)])
+        landmarks_band = np.stack([
+            transform_points(matrix, points) / np.array(size_hw[::-1]) for matrix, points in zip(matrices, landmarks_px)
+        ])
         guidance = self.landmark_heatmaps(
-            torch.from_numpy(landmarks_band)[None].float(), size_hw[0], size_hw[1],
+            torch.from_numpy(landmarks_band).float(), size_hw[0], size_hw[1],
             self.config.guidance_sigma, self.config.guidance_channels,
         )
-        mask_tensor = torch.from_numpy(band_mask)[None, None].float()
+        mask_tensor = torch.from_numpy(band_masks)[:, None].float()
         with unet_autocast(self.device):
-            filled = self.inpaint(band.to(self.dtype), mask_tensor.to(self.dtype), guidance.to(self.dtype))[0]
-        filled = (filled.float().clamp(0, 1).permute(1, 2, 0).numpy() * 255 + 0.5).astype(np.uint8)
-        inverse = invert_affine(matrix)
-        back = cv2.warpAffine(
-            filled, inverse, (width, height), flags=cv2.INTER_LINEAR, borderMode=cv2.BORDER_REPLICATE
-        )
-        region = cv2.warpAffine(np.ones(size_hw, np.uint8), inverse, (width, height), flags=cv2.INTER_NEAREST) > 0
-        handled = mask & region
-        out = image.copy()
-        out[handled] = back[handled]
-        return out, handled
+            filled = self.inpaint(bands.to(self.dtype), mask_tensor.to(self.dtype), guidance.to(self.dtype))
+        filled = (filled.float().clamp(0, 1).permute(0, 2, 3, 1).numpy() * 255 + 0.5).astype(np.uint8)
+        out = []
+        for image, mask, matrix, band in zip(images, masks, matrices, filled):
+            height, width = image.shape[:2]
+            inverse = invert_affine(matrix)
+            back = cv2.warpAffine(band, inverse, (width, height), flags=cv2.INTER_LINEAR, borderMode=cv2.BORDER_REPLICATE)
+            region = cv2.warpAffine(np.ones(size_hw, np.uint8), inverse, (width, height), flags=cv2.INTER_NEAREST) > 0
+            handled = mask & region
+            result = image.copy()
+            result[handled] = back[handled]
+            out.append((result, handled))
+        return out
 
     def guidance_from_crop_landmarks(self, landmarks_unit: torch.Tensor) -> torch.Tensor:
         """Landmarks (B,68,2) in unit *canonical-crop* coordinates -> this model's guidance at input_size.

@@ -17,6 +17,7 @@ from torch import nn
 
 from ..geometry.alignment import EYE_BAND, invert_affine, region_matrix, warp_crop
 from .backbones import ImageNetNormalize
+from .crops import stack_crops
 from .precision import unet_autocast
 
 DEFAULT_LABELS = ("background", "skin", "brows", "eyes", "nose", "lips", "mouth", "hair", "eyeglasses")
@@ -98,12 +99,16 @@ class FaceParser(ModelMixin, ConfigMixin):
         The one place that cuts this model's band and maps its answer back, shared by the pipeline
         and the evaluation so that both measure the same thing.
         """
-        height, width = image.shape[:2]
+        return self.predict_batch([image], [points5_px])[0]
+
+    def predict_batch(self, images: list[np.ndarray], points5_px: list[np.ndarray]) -> list[np.ndarray]:
+        """`predict` for several faces in one forward."""
         size_hw = tuple(self.config.input_size)
-        matrix = region_matrix(np.asarray(points5_px, np.float64), tuple(self.config.crop_box), size_hw)
-        band = torch.from_numpy(warp_crop(image, matrix, size_hw)).permute(2, 0, 1)[None].float().div(255)
+        matrices = [region_matrix(np.asarray(p, np.float64), tuple(self.config.crop_box), size_hw) for p in points5_px]
+        bands = stack_crops([warp_crop(image, matrix, size_hw) for image, matrix in zip(images, matrices)])
         with unet_autocast(self.device):
-            labels = self(band.to(self.dtype))[0].argmax(0).to(torch.uint8).numpy()
-        return cv2.warpAffine(
-            labels, invert_affine(matrix), (width, height), flags=cv2.INTER_NEAREST, borderValue=255
-        )
+            band_labels = self(bands.to(self.dtype)).argmax(1).to(torch.uint8).numpy()
+        return [
+            cv2.warpAffine(labels, invert_affine(matrix), image.shape[1::-1], flags=cv2.INTER_NEAREST, borderValue=255)
+            for image, matrix, labels in zip(images, matrices, band_labels)
+        ]

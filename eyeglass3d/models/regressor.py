@@ -18,6 +18,7 @@ from torch import nn
 
 from ..geometry.alignment import crop_matrix, warp_crop
 from .backbones import FoldedInference, ImageNetNormalize, mobilenet_v3_large, resnet18, resnet50
+from .crops import stack_crops
 
 DEFAULT_COEFFICIENT_SIZES = MappingProxyType(
     {"identity": 80, "expression": 53, "texture": 80, "lighting": 27, "pose": 6}
@@ -77,15 +78,21 @@ class CoefficientRegressor(FoldedInference, ModelMixin, ConfigMixin):
         and one crop's answer follows them; the shift average follows them less. The pose is the centre crop's:
         it is defined in that crop's camera.
         """
+        return self.predict_batch([image], [points5_px])[0]
+
+    def predict_batch(self, images: list[np.ndarray], points5_px: list[np.ndarray]) -> list[dict[str, torch.Tensor]]:
+        """`predict` for several faces: every face's crop and its shifted copies in one forward."""
         size, shift = self.config.input_size, self.config.test_time_shift * self.config.input_size
-        matrix = crop_matrix(np.asarray(points5_px, np.float64), size)
         moves = [(0.0, 0.0)] + ([(shift, 0.0), (-shift, 0.0), (0.0, shift), (0.0, -shift)] if shift > 0 else [])
         crops = []
-        for dx, dy in moves:
-            moved = matrix + np.array([[0.0, 0.0, dx], [0.0, 0.0, dy]])
-            crops.append(torch.from_numpy(warp_crop(image, moved, size)).permute(2, 0, 1))
-        outputs = self.folded_forward(torch.stack(crops).float().div(255)).float()
-        coefficients = self.split(outputs.mean(0, keepdim=True))
-        if "pose" in coefficients:
-            coefficients["pose"] = self.split(outputs[:1])["pose"]
+        for image, points in zip(images, points5_px):
+            matrix = crop_matrix(np.asarray(points, np.float64), size)
+            crops += [warp_crop(image, matrix + np.array([[0.0, 0.0, dx], [0.0, 0.0, dy]]), size) for dx, dy in moves]
+        outputs = self.folded_forward(stack_crops(crops)).float().view(len(images), len(moves), -1)
+        coefficients = []
+        for per_face in outputs:
+            named = self.split(per_face.mean(0, keepdim=True))
+            if "pose" in named:
+                named["pose"] = self.split(per_face[:1])["pose"]
+            coefficients.append(named)
         return coefficients
