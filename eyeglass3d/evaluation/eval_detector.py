@@ -21,11 +21,10 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
+from eyeglass3d.evaluation.eval_landmarker import EVAL_SEED, FACE_SET_NAMES
 from eyeglass3d.evaluation.report import default_json, write_report
 from eyeglass3d.paths import default_weights
 
-EVAL_SEED = 20221  # the landmark evaluation's glasses seed: never used in training
-ALL_SETS = ("utkface", "lfw", "celebamask")
 FACELESS_PER_PHOTO = 2
 
 
@@ -81,7 +80,7 @@ def evaluate_set(detector, records, count: int, lens_kinds: tuple[str, ...], com
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--weights", type=Path, default=default_weights())
-    parser.add_argument("--sets", default=",".join(ALL_SETS))
+    parser.add_argument("--sets", default=",".join(FACE_SET_NAMES))
     parser.add_argument("--split", default="val", choices=("val", "test"))
     parser.add_argument("--limit", type=int, default=0, help="first N faces of each set (0: all)")
     parser.add_argument("--threads", type=int, default=2)
@@ -112,7 +111,7 @@ def main(argv: list[str] | None = None) -> None:
         records = FaceRecords(args.split, face_set=name, glasses_csv=None)
         count = min(len(records), args.limit) if args.limit else len(records)
         report[name] = evaluate_set(detector, records, count, LENS_KINDS, compositor, retries)
-    full = not args.limit and set(args.sets.split(",")) == set(ALL_SETS)
+    full = not args.limit and set(args.sets.split(",")) == set(FACE_SET_NAMES)
     write_report(report, args.json or default_json("detector", args.split, full),
                  module="eyeglass3d.evaluation.eval_detector", argv=argv)
 
