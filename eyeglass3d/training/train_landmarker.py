@@ -181,9 +181,8 @@ def main(argv: list[str] | None = None) -> None:
     if args.validate:
         validate(args.validate, sets, args.seed, cache_dir, log, args.json, argv)
         return
-    train_versions = load_mix(sets, "train", args.glasses_copies, args.seed, cache_dir, log)
+    train = load_mix(sets, "train", args.glasses_copies, args.seed, cache_dir, log)
     val_sets = {name: load_mix([name], "val", 1, args.seed + 1, cache_dir, log) for name in sets}
-    train = train_versions
     log.info("train %d faces, val %s faces", len(train), {name: len(mix) for name, mix in val_sets.items()})
 
     if args.init:
@@ -218,7 +217,7 @@ def main(argv: list[str] | None = None) -> None:
         bar = tqdm(range(steps_per_epoch), desc=f"epoch {epoch + 1}/{args.epochs}", mininterval=10)
         for step in bar:
             indices = order[step * args.batch_size:(step + 1) * args.batch_size]
-            images, targets, _ = make_batch(train, train_versions, indices, args.input_size, rng, train=True,
+            images, targets, _ = make_batch(train, train, indices, args.input_size, rng, train=True,
                                             glasses_probability=args.glasses_probability, jitter=args.jitter,
                                             downscale_probability=args.downscale_probability)
             with torch.autocast("cpu", dtype=torch.bfloat16, enabled=args.bf16):
